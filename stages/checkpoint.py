@@ -1,0 +1,96 @@
+"""Checkpoints: weights plus the configs that rebuild the model, loaded without running code.
+
+A checkpoint is a dict of tensors and plain data saved with torch.save and read back with
+`torch.load(weights_only=True)`, which refuses pickled objects of any other kind: remote
+caches are shared between people, and a checkpoint must never execute code. The configs
+inside are validated with the same schema as params.yaml when the model is rebuilt.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stages.errors import CheckpointError, TrainingDiverged
+from stages.fsutil import atomic_path
+from stages.model import VAE, EncoderConfig, GaussianEncoder, build_decoder
+from stages.params import Rung, parse_rung
+from stages.schema import Errors, build, to_plain
+
+FORMAT = 1
+
+
+def model_state(model: VAE) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def describe(rung: Rung, encoder: EncoderConfig) -> dict[str, Any]:
+    """The plain-data identity of a model: what a checkpoint stores and params must match."""
+    return {"rung_name": rung.name, "rung": rung.plain(), "encoder": to_plain(encoder)}
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Write atomically; refuse weights that are not all finite."""
+    for key, tensor in state.get("model_state", {}).items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise TrainingDiverged(f"refusing to write {path}: weight {key} is not finite")
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **state}, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint missing (run its train stage first)") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(
+            f"{path}: refused: not a plain tensors-and-data checkpoint, and checkpoints are "
+            f"never unpickled with code execution ({first_line})"
+        ) from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a checkpoint of this study (format {FORMAT})")
+    return state
+
+
+def check_matches(state: dict[str, Any], rung: Rung, encoder: EncoderConfig, path: str | Path) -> None:
+    """Refuse a checkpoint trained with other settings than the params say."""
+    expected = describe(rung, encoder)
+    problems = []
+    for key in expected:
+        have, want = state.get(key), expected[key]
+        if have != want:
+            problems.append(f"{key}: checkpoint has {have!r}, params.yaml says {want!r}")
+    if problems:
+        lines = "\n".join(f"  - {p}" for p in problems)
+        raise CheckpointError(f"{path} does not match params.yaml (retrain it):\n{lines}")
+
+
+def rebuild(state: dict[str, Any], path: str | Path = "checkpoint") -> tuple[VAE, Rung]:
+    """The model a checkpoint describes, with its weights, on the CPU."""
+    errors = Errors()
+    encoder_cfg = build(EncoderConfig, state.get("encoder"), "encoder", errors)
+    rung = parse_rung(state.get("rung_name"), state.get("rung"), "rung", errors)
+    errors.raise_if_any(f"{path} (its stored config)")
+    model = VAE(GaussianEncoder(encoder_cfg), build_decoder(rung.family, rung.decoder,
+                                                             encoder_cfg.latent_dim))
+    try:
+        model.load_state_dict(state["model_state"])
+    except (KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: weights do not fit the stored config: {e}") from None
+    return model, rung
+
+
+def load_model(path: str | Path, rung: Rung | None = None,
+               encoder: EncoderConfig | None = None) -> tuple[VAE, Rung, dict[str, Any]]:
+    """Load, optionally check against params, and rebuild; returns (model, rung, state)."""
+    state = load_checkpoint(path)
+    if rung is not None and encoder is not None:
+        check_matches(state, rung, encoder, path)
+    model, stored_rung = rebuild(state, path)
+    return model, stored_rung, state

@@ -1,0 +1,187 @@
+"""Stage `evaluate@<decoder>-<seed>`: log p(x) by importance weighting, and collapse metrics.
+
+On the first `n_test` test images: the K-sample IW estimate of -log p(x) with its standard
+error and its convergence in K, the ELBO split into reconstruction and KL, the bound gap,
+the mutual information I_q(x; z), active units, the linear-probe accuracy on posterior
+means (see `stages.estimators`, `stages.probe`), the KL per latent dimension, and
+reconstructions and prior samples for the report.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from stages.checkpoint import load_model
+from stages.data import Split, load_splits
+from stages.errors import DataError
+from stages.estimators import active_units, iw_log_likelihood, k_checkpoints, mutual_information
+from stages.fsutil import atomic_path, ensure_writable_dir, write_json
+from stages.layout import Layout
+from stages.model import VAE
+from stages.params import EvaluateConfig, StudyParams
+from stages.probe import probe_accuracy
+from stages.runtime import Precision, derive_seed, generator, resolve_device, resolve_precision
+
+PROBE_STREAM, MI_STREAM, SAMPLE_STREAM = 1, 2, 3
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float | int]
+    k_curve: pd.DataFrame  # k, nll_iw_nats, nll_iw_stderr_nats
+    per_dim: pd.DataFrame  # dim, kl_nats, posterior_mean_variance, active
+    images: dict[str, np.ndarray]  # x, recon, recon_probs, samples, sample_probs: (n,28,28)
+    info: dict[str, Any]
+
+
+@torch.no_grad()
+def posterior_means(model: VAE, split: Split, precision: Precision, batch_size: int,
+                    g: torch.Generator) -> torch.Tensor:
+    """E_q[z|x] for every image of a split.  -> (N,D) fp32"""
+    means = []
+    for start in range(0, len(split), batch_size):
+        x = precision.batch(split.images(slice(start, start + batch_size), g))
+        with precision.autocast():
+            means.append(model.encoder(x)[0].float().cpu())
+    return torch.cat(means)
+
+
+def stderr(values: torch.Tensor) -> float:
+    return float(values.double().std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+@torch.no_grad()
+def evaluate_model(model: VAE, test: Split, train: Split, config: EvaluateConfig,
+                   precision: Precision, progress: bool = True) -> Evaluation:
+    """Every metric of one trained model on `test` (already cut to n_test images)."""
+    t0 = time.perf_counter()
+    model = precision.model(model).eval()
+    device = precision.device
+    g_iw = generator(derive_seed(config.seed), device)
+    points = k_checkpoints(config.k)
+    log_px, log_px_at, log_px_z, kl_dim, mus, logvars = [], {kk: [] for kk in points}, [], [], [], []
+    starts = range(0, len(test), config.batch_size)
+    for start in tqdm(starts, desc=f"IW K={config.k}", disable=not progress, mininterval=1.0,
+                      leave=False):
+        x = precision.batch(test.images(slice(start, start + config.batch_size)))
+        with precision.autocast():
+            est = iw_log_likelihood(model, x, config.k, config.chunk_size, g_iw, points)
+        log_px.append(est.log_px.cpu())
+        for kk in points:
+            log_px_at[kk].append(est.log_px_at[kk].cpu())
+        log_px_z.append(est.mean_log_px_z.cpu())
+        kl_dim.append(est.kl_per_dim.cpu())
+        mus.append(est.mu.cpu())
+        logvars.append(est.logvar.cpu())
+    log_px_t, log_px_z_t = torch.cat(log_px), torch.cat(log_px_z)  # (N,)
+    kl_dim_t, mu, logvar = torch.cat(kl_dim), torch.cat(mus), torch.cat(logvars)  # (N,D)
+    kl = kl_dim_t.sum(1)  # (N,)
+    elbo = log_px_z_t - kl  # (N,)
+
+    n_active, mean_variance = active_units(mu, config.active_unit_threshold)
+    mi = mutual_information(mu, logvar, config.mi_samples, generator(derive_seed(config.seed, MI_STREAM)))
+    probe_train = train.head(config.probe_train_size)
+    mu_train = posterior_means(model, probe_train, precision, 500,
+                               generator(derive_seed(config.seed, PROBE_STREAM)))
+    accuracy = probe_accuracy(mu_train, probe_train.labels, mu, test.labels)
+    images = show_images(model, test, config, precision)
+
+    metrics = {
+        "nll_iw_nats": float(-log_px_t.double().mean()),
+        "nll_iw_stderr_nats": stderr(log_px_t),
+        "iw_k": config.k,
+        "n_test": len(test),
+        "nll_elbo_nats": float(-elbo.double().mean()),
+        "kl_nats": float(kl.double().mean()),
+        "rec_nats": float(-log_px_z_t.double().mean()),
+        "bound_gap_nats": float((log_px_t - elbo).double().mean()),
+        "mi_nats": mi,
+        "active_units": n_active,
+        "probe_accuracy": accuracy,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    k_curve = pd.DataFrame({
+        "k": points,
+        "nll_iw_nats": [float(-torch.cat(log_px_at[kk]).double().mean()) for kk in points],
+        "nll_iw_stderr_nats": [stderr(torch.cat(log_px_at[kk])) for kk in points],
+    })
+    per_dim = pd.DataFrame({
+        "dim": range(mu.shape[1]),
+        "kl_nats": kl_dim_t.double().mean(0).numpy(),
+        "posterior_mean_variance": mean_variance.numpy(),
+        "active": (mean_variance > config.active_unit_threshold).numpy(),
+    })
+    info = {"precision": precision.name, "device": str(device), "family": model.decoder.family,
+            "uses_z": model.decoder.uses_z, "n_params": sum(p.numel() for p in model.parameters())}
+    return Evaluation(metrics, k_curve, per_dim, images, info)
+
+
+@torch.no_grad()
+def show_images(model: VAE, test: Split, config: EvaluateConfig,
+                precision: Precision) -> dict[str, np.ndarray]:
+    """Reconstructions x ~ p(x | z = E_q[z|x]) of the first n_show test digits, and samples
+    x ~ p(x|z), z ~ p(z); each with the Bernoulli probabilities the pixels were drawn from."""
+    g = generator(derive_seed(config.seed, SAMPLE_STREAM), precision.device)
+    x = precision.batch(test.images(slice(0, config.n_show)))
+    n = len(x)
+    with precision.autocast():
+        mu, _ = model.encoder(x)
+        z = torch.cat([mu, torch.randn(mu.shape, generator=g, device=mu.device)])  # (2n,D)
+        drawn, probs = model.decoder.sample(z, g)  # (2n,1,28,28) each
+
+    def arr(t: torch.Tensor) -> np.ndarray:
+        return t.float().reshape(-1, 28, 28).cpu().numpy()
+
+    return {"x": arr(x).astype(np.uint8), "recon": arr(drawn[:n]).astype(np.uint8),
+            "recon_probs": arr(probs[:n]).astype(np.float16),
+            "samples": arr(drawn[n:]).astype(np.uint8),
+            "sample_probs": arr(probs[n:]).astype(np.float16)}
+
+
+def write_csv(path, frame: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6f")
+
+
+def write_npz(path, arrays: dict[str, np.ndarray]) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+
+def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: bool = True) -> dict:
+    """The stage: check checkpoint and outputs, evaluate, write every output atomically."""
+    rung, config = params.rung(decoder), params.evaluate
+    metrics_path, eval_dir = layout.metrics(decoder, seed), layout.eval_dir(decoder, seed)
+    ensure_writable_dir(metrics_path.parent)
+    ensure_writable_dir(eval_dir)
+    model, _, state = load_model(layout.model(decoder, seed), rung, params.encoder)
+    splits = load_splits(layout.binarized)
+    if config.n_test is not None and config.n_test > len(splits["test"]):
+        raise DataError(f"evaluate.n_test: {config.n_test}, but the test split has only "
+                        f"{len(splits['test'])} images")
+    test = splits["test"].head(config.n_test)
+    precision = resolve_precision(config.precision, resolve_device())
+    print(f"evaluate {decoder} seed {seed}: K={config.k} on {len(test)} test images, "
+          f"{precision.device} ({precision.name})", flush=True)
+    result = evaluate_model(model, test, splits["train"], config, precision, progress)
+    info = {**result.info, "seed": seed, "best_epoch": state["epoch"],
+            "valid_elbo_nats": state["valid_elbo_nats"], "valid_kl_nats": state["valid_kl_nats"]}
+    write_csv(eval_dir / "k_curve.csv", result.k_curve)
+    write_csv(eval_dir / "latent_dims.csv", result.per_dim)
+    write_npz(eval_dir / "images.npz", result.images)
+    write_json(eval_dir / "info.json", info)
+    write_json(metrics_path, result.metrics)
+    m = result.metrics
+    print(f"{decoder} s{seed}: NLL_IW {m['nll_iw_nats']:.2f} +- {m['nll_iw_stderr_nats']:.2f}, "
+          f"-ELBO {m['nll_elbo_nats']:.2f}, KL {m['kl_nats']:.2f}, MI {m['mi_nats']:.2f} nats, "
+          f"AU {m['active_units']}, probe {m['probe_accuracy']:.3f} ({m['seconds']:.0f}s)")
+    return result.metrics

@@ -1,0 +1,103 @@
+"""Factorized Bernoulli decoders: p(x|z) = prod_i Bernoulli(x_i | sigmoid(f(z)_i)).
+
+The pixels are independent given z, so everything the image shares across pixels has to
+pass through z: these decoders cannot model the data without the latent and do not collapse
+(Kingma & Welling 2014; the `conv` rung follows the DCGAN-style transposed-convolution
+decoders used e.g. by Gulrajani et al. 2017).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from stages.model.registry import IMAGE_SHAPE, N_PIXELS, Decoder, bernoulli_log_prob, register
+from stages.schema import spec
+
+
+class FactorizedDecoder(Decoder):
+    """Logits depend on z alone: K samples cost K logit maps and no copies of x."""
+
+    def logits_z(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B,D) -> logits (B,1,28,28)"""
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.logits_z(z)
+
+    def log_prob_k(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        b, k, d = z.shape
+        logits = self.logits_z(z.reshape(b * k, d)).reshape(b, k, N_PIXELS)  # (B,K,784)
+        x_k = x.reshape(b, 1, N_PIXELS).expand(b, k, N_PIXELS)  # (B,K,784), a view
+        return bernoulli_log_prob(logits, x_k)  # (B,K)
+
+    @torch.no_grad()
+    def sample(self, z, generator=None):
+        probs = torch.sigmoid(self.logits_z(z).float())  # (B,1,28,28)
+        return torch.bernoulli(probs, generator=generator), probs
+
+
+@register("linear")
+class LinearDecoder(FactorizedDecoder):
+    """Logits affine in z: the weakest rung, a probabilistic PCA for binary pixels."""
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+    def __init__(self, config: Config, latent_dim: int) -> None:
+        super().__init__(config, latent_dim)
+        self.net = nn.Linear(latent_dim, N_PIXELS)
+
+    def logits_z(self, z):
+        return self.net(z).view(-1, *IMAGE_SHAPE)
+
+
+@register("mlp")
+class MLPDecoder(FactorizedDecoder):
+    """The classic VAE decoder: an MLP from z to 784 logits."""
+
+    @dataclass(frozen=True)
+    class Config:
+        hidden: tuple[int, ...] = spec((500, 500), min=1, max=8192, doc="hidden layer widths")
+
+    def __init__(self, config: Config, latent_dim: int) -> None:
+        super().__init__(config, latent_dim)
+        layers: list[nn.Module] = []
+        width = latent_dim
+        for h in config.hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        layers.append(nn.Linear(width, N_PIXELS))
+        self.net = nn.Sequential(*layers)
+
+    def logits_z(self, z):
+        return self.net(z).view(-1, *IMAGE_SHAPE)
+
+
+@register("conv")
+class ConvDecoder(FactorizedDecoder):
+    """z -> 7x7 feature map -> two stride-2 transposed convolutions -> 28x28 logits."""
+
+    @dataclass(frozen=True)
+    class Config:
+        channels: int = spec(32, min=1, max=1024, doc="channels at 14x14; twice that at 7x7")
+
+    def __init__(self, config: Config, latent_dim: int) -> None:
+        super().__init__(config, latent_dim)
+        c = config.channels
+        self.fc = nn.Sequential(nn.Linear(latent_dim, 2 * c * 7 * 7), nn.ReLU())
+        self.deconv = nn.Sequential(
+            nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1),  # 7 -> 14
+            nn.ReLU(),
+            nn.ConvTranspose2d(c, c, 4, stride=2, padding=1),  # 14 -> 28
+            nn.ReLU(),
+            nn.Conv2d(c, 1, 3, padding=1),
+        )
+        self.c = c
+
+    def logits_z(self, z):
+        h = self.fc(z).view(-1, 2 * self.c, 7, 7)  # (B,2C,7,7)
+        return self.deconv(h)  # (B,1,28,28)

@@ -1,0 +1,205 @@
+"""The one schema of params.yaml: typed, range-checked config objects for every stage.
+
+Params flow one way: a stage command calls `load_params`, which validates the whole file
+(every problem reported at once, with its key path and what is allowed) before any data is
+read or model built, and passes the resulting frozen config objects down.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stages.errors import ParamsError
+from stages.model import DECODERS, EncoderConfig
+from stages.schema import Errors, build, field_names, spec, to_plain
+
+N_MNIST_TRAIN = 60000
+N_MNIST_TEST = 10000
+RUNG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+
+
+def _unit_interval_open(v: float) -> str | None:
+    return None if 0.0 < v <= 1.0 else "must be in (0, 1]"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+@dataclass(frozen=True)
+class BinarizeConfig:
+    method: str = spec("static", choices=("static", "threshold", "dynamic"))
+    seed: int = spec(0, min=0, max=2**31 - 1)
+    valid_size: int = spec(10000, min=1, max=N_MNIST_TRAIN - 1)
+    train_subset: int | None = spec(None, min=1, max=N_MNIST_TRAIN - 1)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = spec(5, min=1, max=100000)
+    batch_size: int = spec(64, min=1, max=65536)
+    lr: float = spec(1e-3, check=_unit_interval_open)
+    precision: str = spec("auto", choices=("auto", "bf16", "fp32"))
+    valid_subset: int | None = spec(None, min=1, max=N_MNIST_TRAIN - 1, doc="valid images per epoch")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    k: int = spec(200, min=1, max=10_000_000, doc="importance samples per test image")
+    n_test: int | None = spec(1000, min=1, max=N_MNIST_TEST, doc="test images (null: all)")
+    batch_size: int = spec(50, min=1, max=100000, doc="test images per encoder pass")
+    chunk_size: int = spec(2000, min=1, max=10_000_000, doc="(image, sample) pairs per decoder call")
+    precision: str = spec("auto", choices=("auto", "bf16", "fp32"))
+    probe_train_size: int | None = spec(10000, min=10, max=N_MNIST_TRAIN)
+    mi_samples: int = spec(10, min=1, max=10000, doc="z draws per image for KL[q(z)||p(z)]")
+    active_unit_threshold: float = spec(0.01, check=_positive)
+    n_show: int = spec(10, min=1, max=100, doc="test digits reconstructed and prior samples drawn")
+    seed: int = spec(0, min=0, max=2**31 - 1)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    collapse_threshold_nats: float = spec(1.0, check=_positive, doc="KL below this: collapsed")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """Per-rung mitigations of collapse, off by default."""
+
+    kl_warmup_steps: int = spec(0, min=0, max=10**9, doc="beta from 0 to 1 over this many steps")
+    free_bits: float = spec(0.0, min=0.0, max=1000.0, doc="lambda, nats per latent dimension")
+
+
+@dataclass(frozen=True)
+class Rung:
+    """One rung of the decoder ladder: a decoder family with its options and objective."""
+
+    name: str
+    family: str
+    decoder: Any  # the family's Config instance
+    objective: ObjectiveConfig
+
+    def plain(self) -> dict[str, Any]:
+        """The complete entry, defaults filled in: what checkpoints store and compare."""
+        return {"family": self.family, **to_plain(self.decoder), **to_plain(self.objective)}
+
+
+@dataclass(frozen=True)
+class StudyParams:
+    binarize: BinarizeConfig
+    encoder: EncoderConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    report: ReportConfig
+    seeds: tuple[int, ...]
+    decoders: dict[str, Rung]  # in params order: the ladder, weakest first
+
+    def rung(self, name: str) -> Rung:
+        if name not in self.decoders:
+            have = ", ".join(self.decoders)
+            raise ParamsError(f"decoder {name!r} is not in params.yaml `decoders` (have: {have})")
+        return self.decoders[name]
+
+
+SECTIONS = {
+    "binarize": BinarizeConfig,
+    "encoder": EncoderConfig,
+    "train": TrainConfig,
+    "evaluate": EvaluateConfig,
+    "report": ReportConfig,
+}
+TOP_LEVEL = (*SECTIONS, "seeds", "decoders")
+
+
+def parse_rung(name: Any, raw: Any, path: str, errors: Errors) -> Rung | None:
+    """Validate one `decoders.<name>` entry: `{family: ..., <family options>, <objective>}`."""
+    if not isinstance(name, str) or not RUNG_NAME.match(name):
+        errors.add(path, "a decoder name must start with a letter and use only letters, "
+                         "digits and _ (it names DVC stages and files)")
+        return None
+    if not isinstance(raw, dict):
+        errors.add(path, f"must be a mapping like {{family: mlp}}, got {raw!r}")
+        return None
+    family = raw.get("family")
+    if not isinstance(family, str) or family not in DECODERS:
+        errors.add(f"{path}.family", f"got {family!r}; allowed families: {', '.join(DECODERS)}")
+        return None
+    config_cls = DECODERS[family].Config
+    objective_keys = set(field_names(ObjectiveConfig))
+    options = {k: v for k, v in raw.items() if k != "family" and k not in objective_keys}
+    objective_raw = {k: v for k, v in raw.items() if k in objective_keys}
+    n_before = len(errors.lines)
+    allowed = field_names(config_cls) + sorted(objective_keys)
+    for key in options:
+        if key not in field_names(config_cls):
+            errors.add(f"{path}.{key}", f"unknown option for family {family!r}; allowed: "
+                                        f"family, {', '.join(allowed)}")
+    decoder = build(config_cls, {k: v for k, v in options.items() if k in field_names(config_cls)},
+                    path, errors)
+    objective = build(ObjectiveConfig, objective_raw, path, errors)
+    if len(errors.lines) > n_before or decoder is None or objective is None:
+        return None
+    return Rung(name, family, decoder, objective)
+
+
+def _parse_seeds(raw: Any, errors: Errors) -> tuple[int, ...]:
+    ok = (
+        isinstance(raw, list)
+        and raw
+        and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in raw)
+        and len(set(raw)) == len(raw)
+    )
+    if not ok:
+        errors.add("seeds", f"got {raw!r}; allowed: a non-empty list of distinct integers in "
+                            "[0, 2^31)")
+        return ()
+    return tuple(raw)
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> StudyParams:
+    """Validate the parsed YAML document; raise one ParamsError naming every problem."""
+    errors = Errors()
+    if not isinstance(raw, dict):
+        errors.add("(top level)", f"must be a mapping of sections, got {type(raw).__name__}")
+        errors.raise_if_any(source)
+    for key in raw:
+        if key not in TOP_LEVEL:
+            errors.add(str(key), f"unknown section; allowed: {', '.join(TOP_LEVEL)}")
+    sections = {name: build(cls, raw.get(name), name, errors) for name, cls in SECTIONS.items()}
+    seeds = _parse_seeds(raw.get("seeds", [0]), errors)
+    decoders: dict[str, Rung] = {}
+    raw_decoders = raw.get("decoders")
+    if not isinstance(raw_decoders, dict) or not raw_decoders:
+        errors.add("decoders", "must be a non-empty mapping of rung name -> {family: ..., ...}; "
+                               f"allowed families: {', '.join(DECODERS)}")
+    else:
+        for name, entry in raw_decoders.items():
+            rung = parse_rung(name, entry, f"decoders.{name}", errors)
+            if rung is not None:
+                decoders[name] = rung
+    b = sections["binarize"]
+    if b is not None and b.train_subset is not None and b.train_subset + b.valid_size > N_MNIST_TRAIN:
+        errors.add("binarize.train_subset", f"got {b.train_subset}; with valid_size "
+                   f"{b.valid_size} at most {N_MNIST_TRAIN - b.valid_size} training images exist")
+    errors.raise_if_any(source)
+    return StudyParams(**sections, seeds=seeds, decoders=decoders)
+
+
+def load_params(path: str | Path = "params.yaml") -> StudyParams:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: not found (run from the project root)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ParamsError(f"{path}: cannot be read: {e}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    return parse_params(raw, str(path))

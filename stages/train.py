@@ -1,0 +1,209 @@
+"""Stage `train@<decoder>-<seed>`: fit one VAE of the ladder by maximizing the ELBO.
+
+Objective per minibatch (Kingma & Welling 2014, Eq. 3), with the two classic mitigations of
+posterior collapse as per-rung options, both off by default:
+    loss = -E_x[log p(x|z)] + beta * sum_j max(lambda, E_x KL_j)
+- KL warm-up: beta rises linearly from 0 to 1 over `kl_warmup_steps` (Bowman et al. 2016);
+- free bits: each latent dimension's batch-mean KL counts at least `free_bits` = lambda nats
+  (Kingma et al. 2016, Eq. 15).
+The ELBO reported (train and valid) is always the true one, beta = 1 and lambda = 0.
+
+Adam with a constant learning rate; the validation ELBO is measured every epoch with a fixed
+noise draw and the best-validation weights are the stage's output. Every epoch's random
+numbers come from generators seeded by (seed, epoch), and the last finished epoch is saved to
+a scratch checkpoint outside DVC's outputs: an interrupted run resumes there and ends with the
+same weights as an uninterrupted one. The scratch state is removed on success.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from stages.checkpoint import describe, load_checkpoint, model_state, save_checkpoint
+from stages.data import Split, load_splits
+from stages.errors import TrainingDiverged
+from stages.fsutil import atomic_path, ensure_writable_dir
+from stages.layout import Layout
+from stages.model import VAE, EncoderConfig, GaussianEncoder, build_decoder
+from stages.params import Rung, StudyParams, TrainConfig
+from stages.runtime import (Precision, derive_seed, generator, resolve_device, resolve_precision,
+                            seed_everything)
+from stages.schema import to_plain
+
+VALID_STREAM = 1_000_003  # generator streams: (seed, epoch) for training, (seed, VALID) for valid
+
+
+@dataclass
+class Objective:
+    """beta and lambda of the training loss at a global step."""
+
+    warmup_steps: int
+    free_bits: float
+
+    def beta(self, step: int) -> float:
+        return 1.0 if self.warmup_steps == 0 else min(1.0, step / self.warmup_steps)
+
+    def kl_term(self, kl_per_dim: torch.Tensor) -> torch.Tensor:
+        """sum_j max(lambda, mean_batch KL_j).  (B,D) -> ()"""
+        per_dim = kl_per_dim.mean(0)  # (D,)
+        if self.free_bits > 0:
+            per_dim = per_dim.clamp(min=self.free_bits)
+        return per_dim.sum()
+
+
+def build_model(rung: Rung, encoder: EncoderConfig) -> VAE:
+    return VAE(GaussianEncoder(encoder), build_decoder(rung.family, rung.decoder, encoder.latent_dim))
+
+
+@torch.no_grad()
+def mean_elbo(model: VAE, split: Split, precision: Precision, batch_size: int,
+              seed: int) -> dict[str, float]:
+    """Mean one-sample ELBO, KL and reconstruction over a split, fixed noise.  Nats."""
+    model.eval()
+    g = generator(derive_seed(seed, VALID_STREAM), precision.device)
+    g_cpu = generator(derive_seed(seed, VALID_STREAM, 1))
+    sums = torch.zeros(3, dtype=torch.float64)
+    for start in range(0, len(split), batch_size):
+        x = precision.batch(split.images(slice(start, start + batch_size), g_cpu))
+        with precision.autocast():
+            t = model.elbo_terms(x, generator=g)
+        sums += torch.stack([t.elbo.sum(), t.kl.sum(), -t.log_px_z.sum()]).double().cpu()
+    elbo, kl, rec = (sums / len(split)).tolist()
+    return {"elbo": elbo, "kl": kl, "rec": rec}
+
+
+def fingerprint(rung: Rung, encoder: EncoderConfig, config: TrainConfig, seed: int,
+                data_id: str) -> str:
+    """Identifies a training run, so resume state from another run is never used."""
+    text = repr((describe(rung, encoder), to_plain(config), seed, data_id))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def train_rung(
+    rung: Rung,
+    encoder: EncoderConfig,
+    config: TrainConfig,
+    seed: int,
+    train: Split,
+    valid: Split,
+    precision: Precision,
+    resume_path: Path | None = None,
+    data_id: str = "",
+    progress: bool = True,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Train one rung; return the best-validation checkpoint state and the epoch history."""
+    seed_everything(seed)
+    model = precision.model(build_model(rung, encoder))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    objective = Objective(rung.objective.kl_warmup_steps, rung.objective.free_bits)
+    valid = valid.head(config.valid_subset)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    run_id = fingerprint(rung, encoder, config, seed, data_id)
+    identity = {**describe(rung, encoder), "train": to_plain(config), "seed": seed}
+
+    start_epoch, best, history = 1, None, []
+    if resume_path is not None and resume_path.exists():
+        state = load_checkpoint(resume_path)
+        if state.get("run_id") == run_id:
+            model.load_state_dict(state["model_state"])
+            optimizer.load_state_dict(state["optimizer_state"])
+            start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+            print(f"resuming {rung.name} seed {seed} after epoch {state['epoch']} ({resume_path})")
+        else:
+            print(f"ignoring {resume_path}: it belongs to a run with other settings")
+
+    for epoch in range(start_epoch, config.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        g_cpu = generator(derive_seed(seed, epoch))
+        g = generator(derive_seed(seed, epoch, 1), precision.device)
+        order = torch.randperm(len(train), generator=g_cpu)
+        sums = torch.zeros(3, dtype=torch.float64)
+        bar = tqdm(range(steps_per_epoch), desc=f"{rung.name} s{seed} epoch {epoch}/{config.epochs}",
+                   disable=not progress, mininterval=1.0, leave=False)
+        for i in bar:
+            step = (epoch - 1) * steps_per_epoch + i
+            x = precision.batch(train.images(order[i * config.batch_size:(i + 1) * config.batch_size], g_cpu))
+            with precision.autocast():
+                t = model.elbo_terms(x, generator=g)
+            beta = objective.beta(step)
+            loss = -t.log_px_z.mean() + beta * objective.kl_term(t.kl_per_dim)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"{rung.name} seed {seed}: loss is {loss.item()} at epoch {epoch}, step {i + 1} "
+                    f"of {steps_per_epoch}; stopped without writing a checkpoint "
+                    f"(try a lower train.lr)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            batch = torch.stack([t.elbo.sum(), t.kl.sum(), -t.log_px_z.sum()]).detach().double().cpu()
+            sums += batch
+            if i % 20 == 0:
+                bar.set_postfix(elbo=f"{batch[0].item() / len(x):.2f}", kl=f"{batch[1].item() / len(x):.2f}")
+        bar.close()
+        train_elbo, train_kl, train_rec = (sums / len(train)).tolist()
+        v = mean_elbo(model, valid, precision, max(config.batch_size, 256), seed)
+        row = {"epoch": epoch, "train_elbo_nats": train_elbo, "train_kl_nats": train_kl,
+               "train_rec_nats": train_rec, "valid_elbo_nats": v["elbo"], "valid_kl_nats": v["kl"],
+               "valid_rec_nats": v["rec"], "beta": objective.beta(epoch * steps_per_epoch),
+               "seconds": time.perf_counter() - t0}
+        history.append(row)
+        print(f"{rung.name} s{seed} epoch {epoch}: train ELBO {train_elbo:.2f}, valid ELBO "
+              f"{v['elbo']:.2f}, valid KL {v['kl']:.2f} nats ({row['seconds']:.1f}s)", flush=True)
+        if best is None or v["elbo"] > best["valid_elbo_nats"]:
+            best = {"epoch": epoch, "valid_elbo_nats": v["elbo"], "valid_kl_nats": v["kl"],
+                    "model_state": model_state(model),
+                    "optimizer_state": copy.deepcopy(optimizer.state_dict())}
+        if resume_path is not None and epoch < config.epochs:
+            save_checkpoint(resume_path, {
+                "run_id": run_id, "epoch": epoch, "best": best, "history": history,
+                "model_state": model_state(model), "optimizer_state": optimizer.state_dict()})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+
+    final = {**identity, "epoch": best["epoch"], "valid_elbo_nats": best["valid_elbo_nats"],
+             "valid_kl_nats": best["valid_kl_nats"], "epochs_trained": config.epochs,
+             "precision": precision.name, "model_state": best["model_state"],
+             "optimizer_state": best["optimizer_state"]}
+    return final, pd.DataFrame(history)
+
+
+def write_history(path: str | Path, history: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        history.to_csv(tmp, index=False, float_format="%.6f")
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: bool = True) -> Path:
+    """The stage: validate, check outputs are writable, train, write outputs atomically."""
+    rung = params.rung(decoder)
+    model_path, history_path = layout.model(decoder, seed), layout.history(decoder, seed)
+    for folder in (model_path.parent, history_path.parent, layout.scratch(decoder, seed).parent):
+        ensure_writable_dir(folder)
+    splits = load_splits(layout.binarized)
+    precision = resolve_precision(params.train.precision, resolve_device())
+    print(f"train {decoder} seed {seed}: {rung.plain()} on {precision.device} ({precision.name}), "
+          f"{len(splits['train'])} train / {len(splits['valid'])} valid images")
+    scratch = layout.scratch(decoder, seed)
+    state, history = train_rung(rung, params.encoder, params.train, seed, splits["train"],
+                                splits["valid"], precision, resume_path=scratch,
+                                data_id=file_digest(layout.binarized), progress=progress)
+    save_checkpoint(model_path, state)
+    write_history(history_path, history)
+    scratch.unlink(missing_ok=True)
+    return model_path
