@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from stages.model.registry import IMAGE_SHAPE, N_PIXELS, Decoder, bernoulli_log_prob, register
+from stages.model.registry import (IMAGE_SHAPE, N_PIXELS, Decoder, bernoulli_log_prob, fp32_layer,
+                                   register)
 from stages.schema import spec
 
 
@@ -52,7 +53,7 @@ class LinearDecoder(FactorizedDecoder):
         self.net = nn.Linear(latent_dim, N_PIXELS)
 
     def logits_z(self, z):
-        return self.net(z).view(-1, *IMAGE_SHAPE)
+        return fp32_layer(self.net, z).view(-1, *IMAGE_SHAPE)
 
 
 @register("mlp")
@@ -70,11 +71,11 @@ class MLPDecoder(FactorizedDecoder):
         for h in config.hidden:
             layers += [nn.Linear(width, h), nn.ReLU()]
             width = h
-        layers.append(nn.Linear(width, N_PIXELS))
         self.net = nn.Sequential(*layers)
+        self.out = nn.Linear(width, N_PIXELS)
 
     def logits_z(self, z):
-        return self.net(z).view(-1, *IMAGE_SHAPE)
+        return fp32_layer(self.out, self.net(z)).view(-1, *IMAGE_SHAPE)
 
 
 @register("conv")
@@ -94,10 +95,10 @@ class ConvDecoder(FactorizedDecoder):
             nn.ReLU(),
             nn.ConvTranspose2d(c, c, 4, stride=2, padding=1),  # 14 -> 28
             nn.ReLU(),
-            nn.Conv2d(c, 1, 3, padding=1),
         )
+        self.out = nn.Conv2d(c, 1, 3, padding=1)
         self.c = c
 
     def logits_z(self, z):
         h = self.fc(z).view(-1, 2 * self.c, 7, 7)  # (B,2C,7,7)
-        return self.deconv(h)  # (B,1,28,28)
+        return fp32_layer(self.out, self.deconv(h))  # (B,1,28,28)

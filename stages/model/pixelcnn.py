@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stages.model.registry import IMAGE_SHAPE, N_PIXELS, Decoder, bernoulli_log_prob, register
+from stages.model.registry import (IMAGE_SHAPE, N_PIXELS, Decoder, bernoulli_log_prob, fp32_layer,
+                                   register)
 from stages.schema import spec
 
 
@@ -105,7 +106,7 @@ class PixelCNNDecoder(Decoder):
         h = gate(a) if self.config.gated else torch.relu(a)  # (N,C,H,W)
         for block, cond in zip(self.blocks, conds[1:]):
             h = block(h, cond)
-        return self.head(h)
+        return fp32_layer(self.head, h)  # (N,1,H,W): the 1x1 head in fp32 (see fp32_layer)
 
     def logits(self, x, z):
         return self._logits_from_input(self.input(x), z)

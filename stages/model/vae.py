@@ -41,8 +41,13 @@ class GaussianEncoder(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B,1,28,28) -> mu, logvar: (B,D), fp32"""
-        mu, logvar = self.net(x.flatten(1)).float().chunk(2, dim=-1)
+        """x: (B,1,28,28) -> mu, logvar: (B,D)
+
+        Always fp32, also under autocast: the encoder is a small share of the work, and the
+        proposal q(z|x) and the KL term stay exactly the same in every precision.
+        """
+        with torch.autocast(x.device.type, enabled=False):
+            mu, logvar = self.net(x.flatten(1).float()).chunk(2, dim=-1)
         return mu, logvar.clamp(-12.0, 8.0)
 
 

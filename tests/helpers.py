@@ -1,0 +1,71 @@
+"""Synthetic data and small builders shared by the tests (no real MNIST needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stages.idx import write_idx
+from stages.params import parse_params
+from stages.train import build_model
+
+RAW_NAMES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def synthetic_digits(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n images (n,28,28) uint8 of ten class templates (blurred strokes) plus noise, and labels."""
+    rng = np.random.default_rng(1234)  # the templates are the same for every split
+    templates = np.zeros((10, 28, 28))
+    for c in range(10):
+        for _ in range(3):  # three random strokes per class
+            r0, c0 = rng.integers(4, 24, size=2)
+            dr, dc = rng.integers(-1, 2, size=2)
+            for t in range(12):
+                r, cc = np.clip(r0 + dr * t, 2, 25), np.clip(c0 + dc * t, 2, 25)
+                templates[c, r - 2:r + 2, cc - 2:cc + 2] = 1.0
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n)
+    noise = rng.random((n, 28, 28)) * 0.3
+    x = np.clip(templates[labels] * rng.uniform(0.6, 1.0, size=(n, 1, 1)) + noise - 0.15, 0, 1)
+    return (x * 255).round().astype(np.uint8), labels.astype(np.uint8)
+
+
+def write_synthetic_mnist(raw_dir: Path, n_train: int = 600, n_test: int = 200) -> Path:
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    for split, n, seed in (("train", n_train, 0), ("test", n_test, 1)):
+        x, y = synthetic_digits(n, seed)
+        write_idx(raw_dir / RAW_NAMES[split][0], x)
+        write_idx(raw_dir / RAW_NAMES[split][1], y)
+    return raw_dir
+
+
+TINY_PARAMS = {
+    "binarize": {"method": "static", "seed": 0, "valid_size": 100, "train_subset": None},
+    "encoder": {"latent_dim": 4, "hidden": [32]},
+    "train": {"epochs": 2, "batch_size": 50, "lr": 0.003, "precision": "fp32", "valid_subset": None},
+    "evaluate": {"k": 8, "n_test": 40, "batch_size": 20, "chunk_size": 40, "precision": "fp32",
+                 "probe_train_size": 200, "mi_samples": 2, "active_unit_threshold": 0.01,
+                 "n_show": 3, "seed": 0},
+    "report": {"collapse_threshold_nats": 1.0},
+    "seeds": [0],
+    "decoders": {
+        "linear": {"family": "linear"},
+        "pixelcnn_2": {"family": "pixelcnn", "n_layers": 2, "channels": 4, "first_kernel_size": 3},
+    },
+}
+
+
+def tiny_params(**overrides):
+    """The tiny study's params (validated), with top-level sections replaced by overrides."""
+    raw = {**TINY_PARAMS, **overrides}
+    return parse_params(raw)
+
+
+def tiny_model(params, name: str, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model(params.rung(name), params.encoder)

@@ -1,0 +1,133 @@
+"""The decoder families: interface, causality, exact sampling, and the fast K-sample paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.model import DECODERS, build_decoder
+from stages.model.pixelcnn import PixelCNNDecoder
+from stages.model.vae import EncoderConfig, GaussianEncoder, gaussian_kl_per_dim
+
+D = 3
+SMALL = {
+    "linear": {},
+    "mlp": {"hidden": (16,)},
+    "conv": {"channels": 4},
+    "pixelcnn": {"n_layers": 2, "channels": 4},
+}
+
+
+def decoder(family: str, **options):
+    torch.manual_seed(0)
+    cls = DECODERS[family]
+    return build_decoder(family, cls.Config(**{**SMALL[family], **options}), D).eval()
+
+
+def binary_images(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.bernoulli(torch.full((n, 1, 28, 28), 0.3), generator=g)
+
+
+def test_every_registered_family_is_covered_here():
+    assert set(DECODERS) == set(SMALL)
+
+
+@pytest.mark.parametrize("family", sorted(SMALL))
+def test_log_prob_has_shape_b_is_finite_and_at_most_zero(family):
+    dec = decoder(family)
+    x, z = binary_images(5), torch.randn(5, D)
+    lp = dec.log_prob(x, z)
+    assert lp.shape == (5,)
+    assert torch.isfinite(lp).all() and (lp <= 0).all()
+
+
+@pytest.mark.parametrize("family", sorted(SMALL))
+def test_samples_are_binary_images_with_their_probabilities(family):
+    dec = decoder(family)
+    x, probs = dec.sample(torch.randn(3, D), torch.Generator().manual_seed(0))
+    assert x.shape == probs.shape == (3, 1, 28, 28)
+    assert set(x.unique().tolist()) <= {0.0, 1.0}
+    assert ((probs >= 0) & (probs <= 1)).all()
+
+
+@pytest.mark.parametrize("family", sorted(SMALL))
+def test_log_prob_k_equals_log_prob_for_each_sample(family):
+    """The shared-work K-sample path must give exactly what K separate calls give."""
+    dec = decoder(family)
+    x, z = binary_images(4), torch.randn(4, 5, D)  # (B,K,D)
+    fast = dec.log_prob_k(x, z)  # (B,K)
+    slow = torch.stack([dec.log_prob(x, z[:, k]) for k in range(5)], dim=1)
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("n_layers, gated", [(1, False), (2, False), (4, False), (3, True)])
+def test_pixelcnn_is_causal(n_layers, gated):
+    """d logit_i / d x_j = 0 for every pixel j at or after i in raster order (eval mode)."""
+    dec = decoder("pixelcnn", n_layers=n_layers, gated=gated)
+    z = torch.randn(1, D)
+    for i in (0, 1, 27, 28, 29, 400, 783):  # corners, row starts, the middle, the last pixel
+        x = binary_images(1, seed=i).requires_grad_(True)
+        dec.logits(x, z).flatten()[i].backward()
+        grad = x.grad.flatten()  # (784,)
+        assert torch.all(grad[i:] == 0), f"pixel {i} sees pixel {int(grad[i:].nonzero()[0]) + i}"
+        if i >= 29:  # and it does see the past: the pixel above and the one to the left
+            assert grad[i - 1] != 0 and grad[i - 28] != 0
+
+
+def test_pixelcnn_receptive_field_grows_with_depth():
+    def seen(n_layers: int) -> int:
+        dec = decoder("pixelcnn", n_layers=n_layers)
+        x = binary_images(1).requires_grad_(True)
+        dec.logits(x, torch.randn(1, D)).flatten()[27 * 28 + 14].backward()  # bottom row
+        return int((x.grad != 0).sum())
+
+    assert seen(1) < seen(2) < seen(4)
+
+
+def test_unconditional_pixelcnn_ignores_z():
+    dec = decoder("pixelcnn", conditional=False)
+    x = binary_images(4)
+    assert not dec.uses_z
+    torch.testing.assert_close(dec.log_prob(x, torch.randn(4, D)), dec.log_prob(x, 10 * torch.randn(4, D)),
+                               rtol=0, atol=0)
+    assert decoder("pixelcnn").uses_z
+
+
+def test_conditional_pixelcnn_uses_z():
+    dec = decoder("pixelcnn")
+    x = binary_images(4)
+    assert not torch.allclose(dec.log_prob(x, torch.zeros(4, D)), dec.log_prob(x, torch.ones(4, D)))
+
+
+def test_pixelcnn_sampling_is_exact_ancestral_sampling():
+    """The probability recorded for each pixel is p(x_i = 1 | x_<i, z) of the full model."""
+    dec = decoder("pixelcnn", n_layers=3)
+    z = torch.randn(2, D)
+    x, probs = dec.sample(z, torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        full = torch.sigmoid(dec.logits(x, z))  # one pass over the finished images
+    torch.testing.assert_close(probs, full, rtol=1e-5, atol=1e-6)
+    lp = dec.log_prob(x, z)
+    expected = torch.log(torch.where(x == 1, probs, 1 - probs)).flatten(1).sum(1)
+    torch.testing.assert_close(lp, expected, rtol=1e-4, atol=1e-3)
+
+
+def test_masked_weights_receive_no_gradient():
+    dec = decoder("pixelcnn").train()
+    dec.log_prob(binary_images(2), torch.randn(2, D)).sum().backward()
+    conv = dec.input
+    assert torch.all(conv.weight.grad[..., 3, 3:] == 0) and torch.all(conv.weight.grad[..., 4:, :] == 0)
+
+
+def test_encoder_kl_matches_torch_distributions():
+    enc = GaussianEncoder(EncoderConfig(latent_dim=D, hidden=(8,)))
+    mu, logvar = enc(binary_images(3))
+    q = torch.distributions.Normal(mu, torch.exp(0.5 * logvar))
+    p = torch.distributions.Normal(torch.zeros_like(mu), torch.ones_like(mu))
+    torch.testing.assert_close(gaussian_kl_per_dim(mu, logvar), torch.distributions.kl_divergence(q, p))
+
+
+def test_pixelcnn_config_defaults_are_the_documented_architecture():
+    config = PixelCNNDecoder.Config()
+    assert (config.first_kernel_size, config.kernel_size) == (7, 3)

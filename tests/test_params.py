@@ -1,0 +1,126 @@
+"""params.yaml validation: every problem named by its key path, before any work."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import TINY_PARAMS
+
+from stages.errors import ParamsError
+from stages.params import load_params, parse_params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def with_change(path: str, value) -> dict:
+    """TINY_PARAMS with one key (dotted path) set; value DELETE removes it."""
+    raw = copy.deepcopy(TINY_PARAMS)
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node[key]
+    if value is DELETE:
+        del node[last]
+    else:
+        node[last] = value
+    return raw
+
+
+DELETE = object()
+
+
+def test_the_checked_in_params_files_are_valid():
+    default = load_params(ROOT / "params.yaml")
+    assert list(default.decoders)[:2] == ["linear", "mlp"]
+    assert default.decoders["pixelcnn_uncond"].decoder.conditional is False
+    for profile in sorted((ROOT / "profiles").glob("*.yaml")):
+        load_params(profile)
+
+
+@pytest.mark.parametrize(
+    "path, value, expected",
+    [
+        ("binarize.method", "foo", "binarize.method: got 'foo'; allowed: one of 'static', 'threshold', 'dynamic'"),
+        ("binarize.valid_size", 70000, "binarize.valid_size: got 70000"),
+        ("binarize.colour", 1, "binarize.colour: unknown key; allowed keys: method, seed"),
+        ("train.epochs", -1, "train.epochs: got -1; allowed: an integer in [1, 100000]"),
+        ("train.epochs", 2.5, "train.epochs: got 2.5"),
+        ("train.epochs", True, "train.epochs: got True"),
+        ("train.lr", 0, "train.lr: got 0; must be in (0, 1]"),
+        ("train.lr", "fast", "train.lr: got 'fast'"),
+        ("evaluate.k", 0, "evaluate.k: got 0; allowed: an integer in [1, 10000000]"),
+        ("evaluate.chunk_size", 0, "evaluate.chunk_size: got 0"),
+        ("encoder.latent_dim", 0, "encoder.latent_dim: got 0"),
+        ("encoder.hidden", [], "encoder.hidden: must be a non-empty list"),
+        ("encoder.hidden", [32, 0], "encoder.hidden[1]: got 0"),
+        ("seeds", [0, 0], "seeds: got [0, 0]"),
+        ("decoders.pixelcnn_2.n_layers", 0, "decoders.pixelcnn_2.n_layers: got 0; allowed: an integer in [1, 64]"),
+        ("decoders.pixelcnn_2.kernel_size", 4, "decoders.pixelcnn_2.kernel_size: got 4; kernel_size must be odd"),
+        ("decoders.pixelcnn_2.depth", 3, "decoders.pixelcnn_2.depth: unknown option for family 'pixelcnn'; allowed: family, n_layers"),
+        ("decoders.linear.family", "transformer", "decoders.linear.family: got 'transformer'; allowed families: linear, mlp, conv, pixelcnn"),
+        ("decoders.linear.free_bits", -0.5, "decoders.linear.free_bits: got -0.5"),
+        ("decoders.linear", "mlp", "decoders.linear: must be a mapping"),
+        ("decoders.bad-name", {"family": "mlp"}, "decoders.bad-name: a decoder name must start with a letter"),
+        ("decoders", {}, "decoders: must be a non-empty mapping"),
+        ("extra_section", {}, "extra_section: unknown section"),
+    ],
+)
+def test_bad_params_are_refused_naming_the_key_and_what_is_allowed(path, value, expected):
+    with pytest.raises(ParamsError) as err:
+        parse_params(with_change(path, value))
+    assert expected in str(err.value)
+
+
+def test_every_problem_is_reported_at_once():
+    raw = with_change("train.epochs", 0)
+    raw["evaluate"] = {**raw["evaluate"], "k": 0}
+    raw["decoders"] = {**raw["decoders"], "x": {"family": "nope"}}
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    text = str(err.value)
+    assert "train.epochs" in text and "evaluate.k" in text and "decoders.x.family" in text
+
+
+def test_train_subset_and_valid_size_cannot_exceed_mnist():
+    raw = with_change("binarize.valid_size", 20000)
+    raw["binarize"]["train_subset"] = 45000
+    with pytest.raises(ParamsError, match="binarize.train_subset: got 45000; with valid_size 20000"):
+        parse_params(raw)
+
+
+def test_defaults_fill_missing_options_and_sections():
+    raw = {"decoders": {"p": {"family": "pixelcnn"}}}
+    params = parse_params(raw)
+    assert params.train.epochs >= 1 and params.seeds == (0,)
+    assert params.rung("p").plain()["n_layers"] == 4
+    with pytest.raises(ParamsError, match="'q' is not in params.yaml"):
+        params.rung("q")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("decoders: [unclosed", "not valid YAML"),
+    ("- just\n- a list\n", "must be a mapping of sections"),
+    ("", "must be a mapping of sections"),
+])
+def test_malformed_files_are_refused(tmp_path, text, expected):
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ParamsError, match=expected):
+        load_params(tmp_path / "params.yaml")
+
+
+def test_cli_refuses_bad_params_with_one_message_and_no_traceback(tmp_path):
+    bad = with_change("decoders.pixelcnn_2.n_layers", 0)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
+    proc = subprocess.run(
+        [sys.executable, "-m", "stages", "train", "pixelcnn_2", "--params",
+         str(tmp_path / "params.yaml"), "--root", str(tmp_path)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "decoders.pixelcnn_2.n_layers: got 0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "data").exists()  # refused before any output folder was made

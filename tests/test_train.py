@@ -1,0 +1,139 @@
+"""Training: the loss goes down, runs resume exactly, divergence stops cleanly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import synthetic_digits, tiny_params
+
+from stages.checkpoint import load_checkpoint, load_model, save_checkpoint
+from stages.data import Split
+from stages.errors import TrainingDiverged
+from stages.runtime import Precision
+from stages.train import Objective, train_rung
+
+FP32 = Precision(torch.device("cpu"), None)
+
+
+def split(n: int, seed: int) -> Split:
+    x, y = synthetic_digits(n, seed)
+    g = np.random.default_rng(seed)
+    bits = (g.random(x.shape) * 255 < x).astype(np.float32)
+    return Split(torch.from_numpy(bits).unsqueeze(1), torch.from_numpy(y.astype(np.int64)))
+
+
+TRAIN, VALID = split(300, 0), split(100, 1)
+
+
+def test_a_few_epochs_of_training_raise_the_validation_elbo():
+    params = tiny_params()
+    config = params.train.__class__(epochs=3, batch_size=50, lr=0.003, precision="fp32")
+    state, history = train_rung(params.rung("linear"), params.encoder, config, 0, TRAIN, VALID,
+                                FP32, progress=False)
+    assert list(history.epoch) == [1, 2, 3]
+    assert history.valid_elbo_nats.iloc[-1] > history.valid_elbo_nats.iloc[0] + 20
+    assert state["epoch"] == int(history.valid_elbo_nats.idxmax()) + 1  # best-validation weights
+    assert np.allclose(history.valid_elbo_nats, -(history.valid_kl_nats + history.valid_rec_nats))
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("rung", ["linear", "pixelcnn_2"])
+def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path, rung):
+    params = tiny_params()
+    config = params.train.__class__(epochs=3, batch_size=50, lr=0.003, precision="fp32")
+    args = (params.rung(rung), params.encoder, config, 7, TRAIN, VALID, FP32)
+    whole, whole_history = train_rung(*args, progress=False)
+
+    scratch = tmp_path / "resume.pt"
+
+    def stop_after_first_epoch(epoch: int) -> None:
+        if epoch == 1:
+            raise Interrupt  # the process dies after epoch 1 was saved
+
+    with pytest.raises(Interrupt):
+        train_rung(*args, resume_path=scratch, progress=False, on_epoch_end=stop_after_first_epoch)
+    assert load_checkpoint(scratch)["epoch"] == 1
+    resumed, resumed_history = train_rung(*args, resume_path=scratch, progress=False)
+
+    assert resumed["epoch"] == whole["epoch"]
+    for key, tensor in whole["model_state"].items():
+        assert torch.equal(tensor, resumed["model_state"][key]), key
+    cols = [c for c in whole_history.columns if c != "seconds"]
+    assert whole_history[cols].equals(resumed_history[cols])
+
+
+def test_resume_state_of_another_run_is_ignored(tmp_path):
+    params = tiny_params()
+    config = params.train.__class__(epochs=2, batch_size=50, lr=0.003, precision="fp32")
+    scratch = tmp_path / "resume.pt"
+    with pytest.raises(Interrupt):
+        train_rung(params.rung("linear"), params.encoder, config, 0, TRAIN, VALID, FP32,
+                   resume_path=scratch, progress=False,
+                   on_epoch_end=lambda e: (_ for _ in ()).throw(Interrupt()))
+    other_seed, history = train_rung(params.rung("linear"), params.encoder, config, 1, TRAIN, VALID,
+                                     FP32, resume_path=scratch, progress=False)
+    assert list(history.epoch) == [1, 2]  # started from scratch, not from seed 0's epoch 1
+
+
+def test_a_nan_loss_stops_training_naming_epoch_and_step(tmp_path):
+    params = tiny_params()
+    config = params.train.__class__(epochs=2, batch_size=50, lr=0.003, precision="fp32")
+    poisoned = Split(TRAIN.x.clone(), TRAIN.labels)
+    poisoned.x[0, 0, 5, 5] = float("nan")
+    scratch = tmp_path / "resume.pt"
+    with pytest.raises(TrainingDiverged, match=r"epoch 1, step \d+ of 6") as err:
+        train_rung(params.rung("linear"), params.encoder, config, 0, poisoned, VALID, FP32,
+                   resume_path=scratch, progress=False)
+    assert "without writing a checkpoint" in str(err.value)
+    assert not scratch.exists()
+
+
+def test_a_checkpoint_with_non_finite_weights_is_never_written(tmp_path):
+    with pytest.raises(TrainingDiverged, match="not finite"):
+        save_checkpoint(tmp_path / "m.pt", {"model_state": {"w": torch.tensor([1.0, float("inf")])}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kl_warmup_and_free_bits():
+    objective = Objective(warmup_steps=100, free_bits=0.5)
+    assert objective.beta(0) == 0.0 and objective.beta(50) == 0.5 and objective.beta(500) == 1.0
+    assert Objective(0, 0.0).beta(0) == 1.0
+    kl = torch.tensor([[0.1, 2.0], [0.3, 4.0]])  # (B=2, D=2): batch means 0.2 and 3.0
+    assert objective.kl_term(kl).item() == pytest.approx(0.5 + 3.0)  # 0.2 is lifted to lambda
+    assert Objective(0, 0.0).kl_term(kl).item() == pytest.approx(3.2)
+
+
+def test_free_bits_and_warmup_let_the_posterior_carry_more_information():
+    """Below lambda nats per dimension (or while beta < 1) the KL is not penalized."""
+    base = {"family": "pixelcnn", "n_layers": 2, "channels": 4, "first_kernel_size": 3}
+    params = tiny_params(decoders={
+        "plain": base,
+        "free": {**base, "free_bits": 5.0},
+        "warm": {**base, "kl_warmup_steps": 10_000},
+    })
+    config = params.train.__class__(epochs=3, batch_size=50, lr=0.003, precision="fp32")
+    kl = {}
+    for name in ("plain", "free", "warm"):
+        state, history = train_rung(params.rung(name), params.encoder, config, 0, TRAIN, VALID,
+                                    FP32, progress=False)
+        kl[name] = history.valid_kl_nats.iloc[-1]
+    assert kl["free"] > kl["plain"] + 3.0
+    assert kl["warm"] > kl["plain"] + 3.0
+
+
+def test_training_writes_a_checkpoint_that_rebuilds_the_model(tmp_path):
+    params = tiny_params()
+    config = params.train.__class__(epochs=1, batch_size=50, lr=0.003, precision="fp32")
+    state, _ = train_rung(params.rung("pixelcnn_2"), params.encoder, config, 0, TRAIN, VALID, FP32,
+                          progress=False)
+    save_checkpoint(tmp_path / "m.pt", state)
+    model, rung, loaded = load_model(tmp_path / "m.pt", params.rung("pixelcnn_2"), params.encoder)
+    assert rung == params.rung("pixelcnn_2") and loaded["seed"] == 0
+    assert "optimizer_state" in loaded and loaded["epochs_trained"] == 1
+    x = VALID.x[:4]
+    with torch.no_grad():
+        assert torch.isfinite(model.decoder.log_prob(x, torch.zeros(4, 4))).all()
