@@ -1,0 +1,298 @@
+"""The report's figures: one function per figure, plain data in, a matplotlib Figure out.
+
+- `headline`: KL[q(z|x)||p(z)] and -log p(x) (IW, Burda et al. 2016) along the decoder ladder,
+  with the decoder-alone baseline's -log p(x) as the reference a collapsed VAE should reach;
+- `kl_training`: validation KL per epoch;
+- `rate_distortion`: rate R = KL against distortion D = -E_q log p(x|z), with isolines of
+  constant -ELBO = R + D (Alemi et al. 2018, Fig. 1);
+- `k_convergence`: the IW estimate against the number of importance samples K;
+- `image_grid`: Bernoulli probabilities of reconstructions / prior samples, one row per rung;
+- `latent_kl`: KL per latent dimension, which units carry information.
+
+Figures are built with the object-oriented API (`matplotlib.figure.Figure`, no pyplot), so no
+global figure state is kept and no GUI backend is touched: PNG goes through Agg, SVG through
+the SVG backend. `save` writes both atomically and byte-for-byte reproducibly (fixed SVG hash
+salt, no dates or software versions in the metadata).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from stages.fsutil import write_bytes
+
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "legend.fontsize": 9,
+    "legend.frameon": False,
+    "svg.hashsalt": "vae-collapse-study",  # deterministic element ids
+    "svg.fonttype": "path",  # glyphs as paths: the SVG needs no fonts
+}
+BASELINE_COLOR = "0.45"
+DPI = 110
+
+
+def rung_styles(names: list[str], baseline: set[str]) -> dict[str, dict]:
+    """Line style per rung: rungs whose decoder sees z get a color from light (weak) to dark
+    (strong) along the ladder; decoder-alone baselines are grey and dashed."""
+    cmap = matplotlib.colormaps["plasma"]
+    ladder = [n for n in names if n not in baseline]
+    shades = np.linspace(0.8, 0.0, len(ladder)) if len(ladder) > 1 else [0.4]
+    styles = {n: {"color": cmap(v), "ls": "-", "marker": "o"} for n, v in zip(ladder, shades)}
+    styles.update({n: {"color": BASELINE_COLOR, "ls": "--", "marker": "s"} for n in baseline})
+    return {n: styles[n] for n in names}
+
+
+def save(fig: Figure, directory: str | Path, name: str) -> list[Path]:
+    """Write `name`.png and `name`.svg into `directory`, each atomically; return the paths."""
+    directory = Path(directory)
+    paths = []
+    for fmt, metadata in (("png", {"Software": None}), ("svg", {"Date": None, "Creator": None})):
+        buffer = io.BytesIO()
+        with matplotlib.rc_context(STYLE):
+            fig.savefig(buffer, format=fmt, dpi=DPI, metadata=metadata, bbox_inches="tight")
+        write_bytes(directory / f"{name}.{fmt}", buffer.getvalue())
+        paths.append(directory / f"{name}.{fmt}")
+    return paths
+
+
+def _rung_axis(ax, names: list[str]) -> None:
+    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0,
+                  ha="right" if len(names) > 4 else "center")
+    ax.set_xlim(-0.5, len(names) - 0.5)
+
+
+def headline(results: pd.DataFrame, threshold: float) -> Figure:
+    """KL and NLL_IW (nats) per rung, in ladder order.
+
+    results: one row per rung with rung, uses_z, collapsed, kl_nats, kl_nats_std,
+    nll_iw_nats, nll_iw_nats_std, nll_iw_stderr_nats, n_seeds. Error bars: std over seeds
+    when n_seeds > 1, else the standard error over test images (of NLL_IW; none for KL).
+    """
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(7.5, 6.2), layout="constrained")
+        ax_kl, ax_nll = fig.subplots(2, 1, sharex=True)
+        names = list(results["rung"])
+        x = np.arange(len(names))
+        several = bool((results["n_seeds"] > 1).any())
+        kl_err = results["kl_nats_std"].fillna(0).to_numpy() if several else None
+        nll_err = (results["nll_iw_nats_std"].fillna(0) if several
+                   else results["nll_iw_stderr_nats"]).to_numpy()
+        uses_z = results["uses_z"].to_numpy(bool)
+        collapsed = results["collapsed"].to_numpy(bool)
+
+        ax_kl.plot(x[uses_z], results["kl_nats"][uses_z], color="C0", lw=1.5, zorder=1)
+        for mask, face, label in ((uses_z & ~collapsed, "C0", "uses z"),
+                                  (uses_z & collapsed, "white", f"collapsed (KL < {threshold:g} nats)"),
+                                  (~uses_z, BASELINE_COLOR, "decoder alone (ignores z)")):
+            if mask.any():
+                ax_kl.errorbar(x[mask], results["kl_nats"][mask],
+                               yerr=None if kl_err is None else kl_err[mask],
+                               fmt="s" if face == BASELINE_COLOR else "o", ms=8,
+                               mfc=face, mec=BASELINE_COLOR if face == BASELINE_COLOR else "C0",
+                               ecolor="C0", capsize=3, label=label, zorder=2)
+        for xi, kl in zip(x, results["kl_nats"]):
+            ax_kl.annotate(f"{kl:.2f}" if kl < 10 else f"{kl:.1f}", (xi, kl),
+                           textcoords="offset points", xytext=(7, 5), ha="left", fontsize=8)
+        ax_kl.axhline(threshold, color="C3", ls=":", lw=1)
+        top = max(float(results["kl_nats"].max()), threshold) * 1.2
+        ax_kl.set_ylim(-0.04 * top, top)  # markers at KL = 0 stay whole
+        ax_kl.set_ylabel("KL[q(z|x) || p(z)] (nats)")
+        ax_kl.set_title("Information in z along the decoder ladder")
+        ax_kl.legend(loc="best")
+
+        nll = results["nll_iw_nats"].to_numpy(float)
+        ax_nll.errorbar(x[uses_z], nll[uses_z], yerr=nll_err[uses_z], fmt="o-", color="C1", ms=6,
+                        capsize=3, label="VAE, -log p(x) (IW)")
+        if (~uses_z).any():
+            ax_nll.errorbar(x[~uses_z], nll[~uses_z], yerr=nll_err[~uses_z], fmt="s",
+                            color=BASELINE_COLOR, ms=6, capsize=3)
+        for _, row in results[~results["uses_z"].astype(bool)].iterrows():
+            ax_nll.axhline(row["nll_iw_nats"], color=BASELINE_COLOR, ls="--", lw=1.2,
+                           label=f"decoder alone ({row['rung']})")
+            ax_nll.axhspan(row["nll_iw_nats"] - row["nll_iw_stderr_nats"],
+                           row["nll_iw_nats"] + row["nll_iw_stderr_nats"], color=BASELINE_COLOR,
+                           alpha=0.15, lw=0)
+        ax_nll.set_ylabel("test NLL, -log p(x) (nats)")
+        bars = "std over seeds" if several else "standard error over test images"
+        ax_nll.set_title(f"Likelihood by importance sampling (error bars: {bars})")
+        ax_nll.set_xlabel("decoder (ladder, weakest first)")
+        ax_nll.legend(loc="best")
+        _rung_axis(ax_nll, names)
+    return fig
+
+
+def kl_training(history: pd.DataFrame, names: list[str], baseline: set[str],
+                threshold: float) -> Figure:
+    """Validation KL (nats) against epoch per rung.
+
+    history: rung, seed, epoch, valid_kl_nats. One line per rung (mean over seeds), with the
+    single seeds drawn thin when there are several.
+    """
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(7.5, 4.2), layout="constrained")
+        ax = fig.subplots()
+        for name, st in rung_styles(names, baseline).items():
+            h = history[history["rung"] == name]
+            if h["seed"].nunique() > 1:
+                for _, hs in h.groupby("seed"):
+                    ax.plot(hs["epoch"], hs["valid_kl_nats"], color=st["color"], ls=st["ls"],
+                            lw=0.6, alpha=0.5)
+            mean = h.groupby("epoch")["valid_kl_nats"].mean()
+            ax.plot(mean.index, mean.to_numpy(), ms=3.5, lw=1.6, label=name, **st)
+        ax.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation KL[q(z|x) || p(z)] (nats)")
+        ax.set_ylim(bottom=0)
+        ax.set_title("KL term during training (validation split)")
+        epochs = history["epoch"]
+        if epochs.max() - epochs.min() < 12:
+            ax.set_xticks(range(int(epochs.min()), int(epochs.max()) + 1))
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def rate_distortion(results: pd.DataFrame) -> Figure:
+    """Rate R = KL (nats) against distortion D = -E_q log p(x|z) (nats), with -ELBO isolines.
+
+    results: rung, uses_z, kl_nats, rec_nats (and _std columns when several seeds), per rung.
+    """
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(7.0, 5.0), layout="constrained")
+        ax = fig.subplots()
+        names = list(results["rung"])
+        styles = rung_styles(names, set(results.loc[~results["uses_z"].astype(bool), "rung"]))
+        d, r = results["rec_nats"].to_numpy(float), results["kl_nats"].to_numpy(float)
+        span = max(d.max() - d.min(), r.max() - r.min(), 10.0)
+        d_lo, d_hi = d.min() - 0.1 * span, d.max() + 0.15 * span
+        r_lo, r_hi = -0.06 * span, r.max() + 0.15 * span
+        step = _nice_step((d_hi + r_hi - d_lo - r_lo) / 9)
+        for c in np.arange(np.ceil((d_lo + r_lo) / step) * step, d_hi + r_hi, step):
+            ax.plot([d_lo, d_hi], [c - d_lo, c - d_hi], color="0.78", lw=0.8, zorder=0)
+            # label the isoline just inside where it enters the axes: top edge, else left edge
+            at = (c - r_hi, r_hi) if c - r_hi >= d_lo else (d_lo, c - d_lo)
+            if at[0] < d_hi - 0.04 * span and at[1] > r_lo + 0.04 * span:
+                ax.annotate(f"{c:g}", at, textcoords="offset points", xytext=(3, -3), va="top",
+                            ha="left", fontsize=7, color="0.4")
+        zero = pd.Series(0.0, index=results.index)
+        d_err = results.get("rec_nats_std", zero).fillna(0).to_numpy()
+        r_err = results.get("kl_nats_std", zero).fillna(0).to_numpy()
+        placed: list[tuple[float, float]] = []
+        for i, name in enumerate(names):
+            st = styles[name]
+            ax.errorbar(d[i], r[i], xerr=d_err[i], yerr=r_err[i], fmt=st["marker"], ms=8,
+                        color=st["color"], capsize=3, zorder=3)
+            # stack labels of points that (nearly) coincide instead of overprinting them
+            near = sum(abs(d[i] - pd_) < 0.06 * span and abs(r[i] - pr) < 0.04 * span
+                       for pd_, pr in placed)
+            placed.append((d[i], r[i]))
+            ax.annotate(name, (d[i], r[i]), textcoords="offset points", xytext=(8, 4 + 11 * near),
+                        fontsize=8.5, color="0.15")
+        ax.set_xlim(d_lo, d_hi)
+        ax.set_ylim(r_lo, r_hi)
+        ax.set_xlabel("distortion D = -E_q log p(x|z) (nats)")
+        ax.set_ylabel("rate R = KL[q(z|x) || p(z)] (nats)")
+        ax.set_title("Rate against distortion (grey lines: constant -ELBO = R + D, nats)")
+    return fig
+
+
+def _nice_step(raw: float) -> float:
+    """1, 2 or 5 times a power of ten, at least `raw`."""
+    power = 10.0 ** np.floor(np.log10(max(raw, 1e-9)))
+    return float(next(m * power for m in (1, 2, 5, 10) if m * power >= raw))
+
+
+def k_convergence(curves: pd.DataFrame, names: list[str], baseline: set[str]) -> Figure:
+    """NLL_IW (nats) against K, log x axis; left absolute, right relative to the largest K.
+
+    curves: rung, k, nll_iw_nats, nll_iw_stderr_nats (mean over seeds).
+    """
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(9.5, 4.2), layout="constrained")
+        ax_abs, ax_rel = fig.subplots(1, 2)
+        for name, st in rung_styles(names, baseline).items():
+            c = curves[curves["rung"] == name].sort_values("k")
+            nll = c["nll_iw_nats"].to_numpy()
+            ax_abs.errorbar(c["k"], nll, yerr=c["nll_iw_stderr_nats"], ms=4, capsize=2,
+                            label=name, **st)
+            ax_rel.plot(c["k"], nll - nll[-1], ms=4, label=name, **st)
+        for ax in (ax_abs, ax_rel):
+            ax.set_xscale("log")
+            ax.set_xlabel("importance samples K (log scale)")
+        ax_abs.set_ylabel("test NLL, -log p(x) (nats)")
+        ax_abs.set_title("IW estimate of -log p(x) against K")
+        ax_rel.set_ylabel("NLL_IW(K) - NLL_IW(K_max) (nats)")
+        ax_rel.set_title("Excess over the largest K (K = 1: one-sample -ELBO)")
+        ax_rel.set_ylim(bottom=min(0.0, ax_rel.get_ylim()[0]))
+        ax_rel.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return fig
+
+
+def image_grid(rows: dict[str, np.ndarray], title: str, inputs: np.ndarray | None = None) -> Figure:
+    """Grey images of Bernoulli probabilities, one labelled row per rung.
+
+    rows: rung -> (n,28,28) probabilities in [0,1]; inputs: (n,28,28) binary test digits drawn
+    as the top row (for reconstructions).
+    """
+    labelled = ([("input x", inputs)] if inputs is not None else []) + list(rows.items())
+    n = max(len(images) for _, images in labelled)
+    with matplotlib.rc_context({**STYLE, "axes.grid": False}):
+        fig = Figure(figsize=(0.62 * n + 2.6, 0.68 * len(labelled) + 0.9), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(len(labelled), 1))
+        for ax, (label, images) in zip(axes, labelled):
+            strip = _tile(np.asarray(images, dtype=np.float32), n)
+            shown = ax.imshow(strip, cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_visible(False)
+            ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+        fig.colorbar(shown, ax=axes, shrink=min(1.0, 3.0 / len(labelled) + 0.3), pad=0.01,
+                     label="p(pixel = 1)")
+        fig.suptitle(title)
+    return fig
+
+
+def _tile(images: np.ndarray, n: int, pad: int = 2) -> np.ndarray:
+    """(m,28,28) -> (28, n*(28+pad)-pad) strip; missing images are left blank (NaN)."""
+    h, w = images.shape[1:]
+    strip = np.full((h, n * (w + pad) - pad), np.nan, dtype=np.float32)
+    for i, image in enumerate(images[:n]):
+        strip[:, i * (w + pad):i * (w + pad) + w] = image
+    return strip
+
+
+def latent_kl(kl_sorted: np.ndarray, names: list[str], active: list[float]) -> Figure:
+    """Heatmap of KL per latent dimension, each rung's dimensions sorted by KL.
+
+    kl_sorted: (R,D) nats, row r = rung r's per-dimension KL in decreasing order (mean over
+    seeds of the sorted profiles); active: active units per rung (mean over seeds).
+    """
+    with matplotlib.rc_context({**STYLE, "axes.grid": False}):
+        n_rungs, dim = kl_sorted.shape
+        fig = Figure(figsize=(max(6.5, 0.16 * dim + 4.0), 0.42 * n_rungs + 1.6), layout="constrained")
+        ax = fig.subplots()
+        floor = 1e-3
+        top = max(float(np.nanmax(kl_sorted)), 10 * floor)
+        shown = ax.imshow(np.clip(kl_sorted, floor, None), aspect="auto", cmap="magma",
+                          norm=LogNorm(vmin=floor, vmax=top), interpolation="nearest")
+        labels = [f"{name}  (AU {au:.3g}, KL {total:.{2 if total < 10 else 1}f})"
+                  for name, au, total in zip(names, active, kl_sorted.sum(1))]
+        ax.set_yticks(range(n_rungs), labels)
+        ax.set_xlabel(f"latent dimension, sorted by its KL within each rung (of {dim})")
+        ax.set_title("KL per latent dimension (AU: active units; KL: total, nats)")
+        fig.colorbar(shown, ax=ax, pad=0.01, label=f"KL per dimension (nats, log; floor {floor:g})")
+    return fig

@@ -1,0 +1,370 @@
+"""The report stage on a small synthetic project: every input written by hand with numbers
+whose conclusions are known (mlp keeps ~20 nats in z, the PixelCNN collapses), rendered by
+the real stage function and once by the real `vae-study report` command."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stages import report
+from stages.errors import DataError
+from stages.layout import Layout
+from stages.params import parse_params
+
+REPO = Path(__file__).resolve().parents[1]
+FIGURES = ("headline", "kl_training", "rate_distortion", "k_convergence", "reconstructions",
+           "samples", "latent_kl")
+LATENT_DIM, N_SHOW, K, N_TEST = 8, 6, 100, 500
+
+# rung -> (decoder entry, numbers of seed 0). rec + kl = -ELBO; -ELBO - nll = bound gap.
+NUMBERS = ("kl", "rec", "nll", "se", "mi", "au", "probe", "uses_z")
+LADDER = {
+    "linear": ({"family": "linear"},
+               dict(zip(NUMBERS, (15.0, 105.0, 116.0, 1.2, 6.0, 7, 0.78, True)))),
+    "mlp": ({"family": "mlp", "hidden": [64]},
+            dict(zip(NUMBERS, (22.0, 72.0, 89.5, 1.0, 8.5, 8, 0.90, True)))),
+    "pixelcnn_2": ({"family": "pixelcnn", "n_layers": 2, "channels": 8},
+                   dict(zip(NUMBERS, (0.1, 88.4, 88.3, 0.9, 0.02, 0, 0.11, True)))),
+    "pixelcnn_uncond": ({"family": "pixelcnn", "n_layers": 2, "channels": 8, "conditional": False},
+                        dict(zip(NUMBERS, (0.02, 88.0, 88.0, 0.9, 0.0, 0, 0.10, False)))),
+}
+
+
+def params_dict(seeds=(0,), threshold=1.0, rungs=tuple(LADDER)) -> dict:
+    return {
+        "binarize": {"method": "static", "seed": 0, "valid_size": 10000, "train_subset": 2000},
+        "encoder": {"latent_dim": LATENT_DIM, "hidden": [32]},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.001},
+        "evaluate": {"k": K, "n_test": N_TEST, "n_show": N_SHOW},
+        "report": {"collapse_threshold_nats": threshold},
+        "seeds": list(seeds),
+        "decoders": {r: LADDER[r][0] for r in rungs},
+    }
+
+
+def glyphs(n: int) -> np.ndarray:
+    """(n,28,28) uint8 binary test 'digits': rings, bars and crosses of varying size."""
+    yy, xx = np.mgrid[:28, :28]
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        r = 5 + i % 5
+        if i % 3 == 0:
+            out[i] = np.abs(np.hypot(yy - 14, xx - 14) - r) < 1.6
+        elif i % 3 == 1:
+            out[i] = (np.abs(xx - 14) < 2) & (np.abs(yy - 14) < r + 3)
+        else:
+            out[i] = ((np.abs(xx - yy) < 2) | (np.abs(xx + yy - 27) < 2)) & (np.abs(yy - 14) < r + 2)
+    return out
+
+
+def blur(x: np.ndarray) -> np.ndarray:
+    p = x.astype(np.float32)
+    for axis in (1, 2):
+        p = (np.roll(p, 1, axis) + p + np.roll(p, -1, axis)) / 3
+    return np.clip(0.05 + 0.9 * p, 0, 1)
+
+
+def write_run(layout: Layout, rung: str, seed: int, v: dict, family: str) -> None:
+    """metrics, eval files and history of one (rung, seed), as evaluate and train write them."""
+    elbo = v["rec"] + v["kl"]
+    metrics = {"nll_iw_nats": v["nll"], "nll_iw_stderr_nats": v["se"], "iw_k": K, "n_test": N_TEST,
+               "nll_elbo_nats": elbo, "kl_nats": v["kl"], "rec_nats": v["rec"],
+               "bound_gap_nats": elbo - v["nll"], "mi_nats": v["mi"], "active_units": v["au"],
+               "probe_accuracy": v["probe"], "seconds": 12.5}
+    path = layout.metrics(rung, seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics))
+    ev = layout.eval_dir(rung, seed)
+    ev.mkdir(parents=True, exist_ok=True)
+    ks = [1, 10, 100]
+    pd.DataFrame({"k": ks, "nll_iw_nats": [elbo, (elbo + v["nll"]) / 2 + 0.1 * (elbo - v["nll"]), v["nll"]],
+                  "nll_iw_stderr_nats": [v["se"] * 1.05, v["se"] * 1.02, v["se"]]}
+                 ).to_csv(ev / "k_curve.csv", index=False)
+    weights = 0.5 ** np.arange(LATENT_DIM)
+    kl_dim = v["kl"] * weights / weights.sum()
+    pd.DataFrame({"dim": range(LATENT_DIM), "kl_nats": kl_dim,
+                  "posterior_mean_variance": kl_dim / 5, "active": np.arange(LATENT_DIM) < v["au"]}
+                 ).to_csv(ev / "latent_dims.csv", index=False)
+    x = glyphs(N_SHOW)
+    rng = np.random.default_rng(seed)
+    mean_digit = np.broadcast_to(blur(x).mean(0) * 0.6, x.shape)
+    recon_probs = mean_digit if v["kl"] < 1 else blur(x)
+    sample_probs = blur(glyphs(N_SHOW + 3)[3:])
+    sample_probs = 0.5 * sample_probs + 0.5 * mean_digit if v["kl"] >= 1 else sample_probs
+    np.savez_compressed(
+        ev / "images.npz", x=x, recon=(rng.random(x.shape) < recon_probs).astype(np.uint8),
+        recon_probs=np.asarray(recon_probs, np.float16),
+        samples=(rng.random(x.shape) < sample_probs).astype(np.uint8),
+        sample_probs=np.asarray(sample_probs, np.float16))
+    info = {"precision": "fp32", "device": "cpu", "family": family, "uses_z": v["uses_z"],
+            "n_params": 1000 + len(rung), "seed": seed, "best_epoch": 3,
+            "valid_elbo_nats": -elbo, "valid_kl_nats": v["kl"]}
+    (ev / "info.json").write_text(json.dumps(info))
+    epochs = np.arange(1, 4)
+    valid_kl = v["kl"] + (3 - epochs) * (2.0 if v["kl"] < 1 else -1.5)
+    history = pd.DataFrame({"epoch": epochs, "train_elbo_nats": -elbo - 10 / epochs,
+                            "train_kl_nats": valid_kl, "train_rec_nats": v["rec"] + 10 / epochs,
+                            "valid_elbo_nats": -elbo - 8 / epochs, "valid_kl_nats": valid_kl,
+                            "valid_rec_nats": v["rec"] + 8 / epochs, "beta": 1.0,
+                            "seconds": 4.0})
+    layout.history(rung, seed).parent.mkdir(parents=True, exist_ok=True)
+    history.to_csv(layout.history(rung, seed), index=False)
+
+
+def make_project(root: Path, seeds=(0,), threshold=1.0, jitter=None, rungs=tuple(LADDER)):
+    """A synthetic project under root; jitter(rung, seed) -> {metric: offset} per run."""
+    raw = params_dict(seeds, threshold, rungs)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = parse_params(raw)
+    layout = Layout(root)
+    for rung in rungs:
+        entry, values = LADDER[rung]
+        for s in seeds:
+            offsets = jitter(rung, s) if jitter else {}
+            numbers = {k: v + offsets[k] if k in offsets else v for k, v in values.items()}
+            write_run(layout, rung, s, numbers, entry["family"])
+    layout.binarized_summary.parent.mkdir(parents=True, exist_ok=True)
+    layout.binarized_summary.write_text(json.dumps({
+        "method": "static", "seed": 0,
+        "train": {"n_images": 2000, "pixel_mean": 0.130}, "valid": {"n_images": 10000, "pixel_mean": 0.129},
+        "test": {"n_images": 10000, "pixel_mean": 0.133}}))
+    layout.reference.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(REPO / "reference/published.csv", layout.reference)
+    return params, layout
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory):
+    """One seed, default threshold: rendered once, inspected by several tests."""
+    root = tmp_path_factory.mktemp("study")
+    params, layout = make_project(root)
+    results = report.run(params, layout)
+    return params, layout, results
+
+
+def test_every_figure_is_written_as_png_and_svg(rendered):
+    _, layout, _ = rendered
+    for name in FIGURES:
+        png, svg = layout.reports / f"figures/{name}.png", layout.reports / f"figures/{name}.svg"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000, name
+        assert b"<svg" in svg.read_bytes()[:2000] and svg.stat().st_size > 5000, name
+    leftovers = [p.name for p in layout.reports.rglob("*.tmp")]
+    assert not leftovers
+
+
+def test_results_csv_holds_the_ladder_in_order_with_its_numbers(rendered):
+    _, layout, _ = rendered
+    table = pd.read_csv(layout.reports / "results.csv")
+    assert list(table["rung"]) == list(LADDER)
+    by = table.set_index("rung")
+    for rung, (_, v) in LADDER.items():
+        assert by.loc[rung, "kl_nats"] == pytest.approx(v["kl"], abs=1e-6)
+        assert by.loc[rung, "nll_iw_nats"] == pytest.approx(v["nll"], abs=1e-6)
+        assert by.loc[rung, "bound_gap_nats"] == pytest.approx(v["rec"] + v["kl"] - v["nll"], abs=1e-5)
+        assert by.loc[rung, "probe_accuracy"] == pytest.approx(v["probe"], abs=1e-6)
+        assert math.isnan(by.loc[rung, "kl_nats_std"])  # one seed: no spread
+    assert list(by["collapsed"]) == [False, False, True, True]
+    assert list(by["uses_z"]) == [True, True, True, False]
+    assert (by["n_seeds"] == 1).all() and (by["iw_k"] == K).all() and (by["latent_dim"] == LATENT_DIM).all()
+
+
+def collapse_sentence(sentences: list[str]) -> str:
+    (hit,) = [s for s in sentences if s.startswith("By the threshold")]
+    return hit
+
+
+def test_findings_name_the_collapsed_rungs(rendered):
+    _, layout, results = rendered
+    sentences = report.findings(results, 1.0)
+    hit = collapse_sentence(sentences)
+    assert "KL < 1 nats" in hit and "1 of the 3 rungs" in hit
+    assert re.findall(r"`(\w+)`", hit) == ["pixelcnn_2"]
+    text = " ".join(sentences)
+    assert "keep 15.0 to 22.0 nats" in text
+    assert "`pixelcnn_2` reaches NLL_IW 88.30" in text and "agree within one standard error" in text
+    assert "near chance" in text
+    assert "shrinks along the ladder, from 4.00 nats (`linear`) to 0.20 nats (`pixelcnn_2`)" in text
+    md = (layout.reports / "report.md").read_text()
+    assert all(s in md for s in sentences)  # the page carries the generated sentences
+    assert "small-scale" in md and "NOT comparable" in md
+
+
+def test_threshold_decides_what_counts_as_collapsed(tmp_path):
+    """KL 0.1 collapses under a 1-nat threshold but not under 0.05; mlp under 30 nats."""
+    params, layout = make_project(tmp_path, threshold=0.05)
+    data = report.collect(params, layout)
+    results = report.summarize(data, 0.05)
+    assert list(results["collapsed"]) == [False, False, False, True]
+    assert "none of the 3 rungs" in collapse_sentence(report.findings(results, 0.05))
+    results = report.summarize(data, 30.0)
+    names = re.findall(r"`(\w+)`", collapse_sentence(report.findings(results, 30.0)))
+    assert names == ["linear", "mlp", "pixelcnn_2"]
+
+
+def test_a_mismatch_with_the_baseline_is_reported(tmp_path):
+    params, layout = make_project(tmp_path, jitter=lambda r, s: {"nll": 5.0} if r == "pixelcnn_2" else {})
+    results = report.summarize(report.collect(params, layout), 1.0)
+    text = " ".join(report.findings(results, 1.0))
+    assert "the VAE is 5.30 nats worse, more than one standard error (1.27 nats)" in text
+
+
+def test_several_seeds_give_mean_and_std(tmp_path):
+    sign = {0: -1.0, 1: 1.0}
+    params, layout = make_project(
+        tmp_path, seeds=(0, 1),
+        jitter=lambda r, s: {"kl": {"mlp": 2.0, "pixelcnn_uncond": 0.0}.get(r, 0.05) * sign[s],
+                             "nll": sign[s]})
+    results = report.run(params, layout)
+    table = pd.read_csv(layout.reports / "results.csv").set_index("rung")
+    assert list(table.index) == list(LADDER)
+    assert table.loc["mlp", "kl_nats"] == pytest.approx(22.0)
+    assert table.loc["mlp", "kl_nats_std"] == pytest.approx(2 * math.sqrt(2), abs=1e-5)  # ddof 1
+    assert table.loc["pixelcnn_2", "kl_nats_std"] == pytest.approx(0.1 / math.sqrt(2), abs=1e-5)
+    assert table.loc["linear", "nll_iw_nats_std"] == pytest.approx(math.sqrt(2), abs=1e-5)
+    assert (table["n_seeds"] == 2).all() and (table["seeds"] == "0;1").all()
+    sentences = report.findings(results, 1.0)
+    assert sentences[0] == "Numbers below are means over 2 seeds."
+    assert re.findall(r"`(\w+)`", collapse_sentence(sentences)) == ["pixelcnn_2"]
+    md = (layout.reports / "report.md").read_text()
+    assert "22.00 ± 2.83" in md and "Mean ± standard deviation over seeds 0, 1" in md
+
+
+@pytest.mark.parametrize("victim", ["metrics", "images", "history", "summary", "reference"])
+def test_a_missing_input_names_the_file_and_writes_nothing(tmp_path, victim):
+    params, layout = make_project(tmp_path)
+    path = {"metrics": layout.metrics("mlp", 0),
+            "images": layout.eval_dir("pixelcnn_2", 0) / "images.npz",
+            "history": layout.history("linear", 0),
+            "summary": layout.binarized_summary, "reference": layout.reference}[victim]
+    path.unlink()
+    fix = {"metrics": "`dvc repro evaluate@mlp-0`", "images": "`dvc repro evaluate@pixelcnn_2-0`",
+           "history": "`dvc repro train@linear-0`", "summary": "`dvc repro binarize`",
+           "reference": f"`git checkout -- {path}`"}[victim]
+    with pytest.raises(DataError) as err:
+        report.run(params, layout)
+    assert str(path) in str(err.value) and fix in str(err.value)
+    assert "1 input file(s) missing" in str(err.value)
+    assert not layout.reports.exists()
+
+
+@pytest.mark.parametrize("victim", ["metrics", "images", "k_curve", "nan"])
+def test_a_corrupt_input_is_a_data_error(tmp_path, victim):
+    params, layout = make_project(tmp_path)
+    ev = layout.eval_dir("mlp", 0)
+    path, content, message = {
+        "metrics": (layout.metrics("linear", 0), json.dumps({"kl_nats": 1.0}), "lacks nll_iw_nats"),
+        "images": (ev / "images.npz", (ev / "images.npz").read_bytes()[:200], "not a zip file"),
+        "k_curve": (ev / "k_curve.csv", "k,nll\n1,2\n", "lacks nll_iw_nats, nll_iw_stderr_nats"),
+        "nan": (layout.metrics("mlp", 0), layout.metrics("mlp", 0).read_text()
+                .replace('"kl_nats": 22.0', '"kl_nats": NaN'), "no usable numbers \\(kl_nats\\)"),
+    }[victim]
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(DataError) as err:
+        report.run(params, layout)
+    assert str(path) in str(err.value) and re.search(message, str(err.value)), err.value
+    assert "`dvc repro evaluate@" in str(err.value)
+    assert not layout.reports.exists()
+
+
+def test_paper_scale_is_decided_from_the_data_and_text_is_escaped(tmp_path):
+    """Full split + K >= 5000 on all 10,000 test images: comparable; published text escaped."""
+    params, layout = make_project(tmp_path)
+    summary = json.loads(layout.binarized_summary.read_text())
+    summary["train"]["n_images"] = 50000
+    layout.binarized_summary.write_text(json.dumps(summary))
+    for rung in LADDER:
+        metrics = json.loads(layout.metrics(rung, 0).read_text())
+        layout.metrics(rung, 0).write_text(json.dumps({**metrics, "iw_k": 5000, "n_test": 10000}))
+    published = pd.read_csv(layout.reference)
+    published.loc[0, "model"] = "<b>Conv</b> & co"
+    published.to_csv(layout.reference, index=False)
+    report.run(params, layout)
+    md, page = (layout.reports / "report.md").read_text(), (layout.reports / "index.html").read_text()
+    assert "This run is paper-scale (50,000 training images, K = 5,000 on 10,000 test images)" in md
+    assert "NOT comparable" not in md and "NOT comparable" not in page
+    assert "&lt;b&gt;Conv&lt;/b&gt; &amp; co" in page and "<b>Conv</b>" not in page
+    # one rung short of the full test set: small-scale again
+    metrics = json.loads(layout.metrics("mlp", 0).read_text())
+    layout.metrics("mlp", 0).write_text(json.dumps({**metrics, "n_test": 9999}))
+    data = report.collect(params, layout)
+    assert report.paper_scale(data, report.summarize(data, 1.0))[0] is False
+
+
+def test_reruns_give_identical_bytes(tmp_path, rendered):
+    """Same inputs, fresh project: every output byte-identical (no dates, fixed SVG ids)."""
+    params, layout = make_project(tmp_path)
+    report.run(params, layout)
+    first = rendered[1].reports
+    for path in sorted(first.rglob("*")):
+        if path.is_file():
+            assert path.read_bytes() == (layout.reports / path.relative_to(first)).read_bytes(), path
+
+
+def test_git_revision_is_reported(tmp_path):
+    assert report.git_revision(tmp_path) == "unknown"
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "a.txt").write_text("a")
+    subprocess.run([*git, "add", "a.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "a"], check=True)
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert report.git_revision(tmp_path) == head
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports/report.md").write_text("the report's own output does not count")
+    assert report.git_revision(tmp_path) == head
+    (tmp_path / "a.txt").write_text("b")
+    assert report.git_revision(tmp_path) == head + " + uncommitted changes"
+
+
+def test_cli_renders_the_report_and_reports_missing_files(tmp_path):
+    make_project(tmp_path)
+    cli = Path(sys.executable).with_name("vae-study")
+    cmd = [str(cli), "report", "--root", str(tmp_path), "--params", str(tmp_path / "params.yaml")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "collapsed: `pixelcnn_2` (0.10 nats)" in done.stdout
+    for name in ("results.csv", "report.md", "index.html", "figures/headline.png"):
+        assert (tmp_path / "reports" / name).stat().st_size > 0
+    Layout(tmp_path).metrics("linear", 0).unlink()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "error: report: 1 input file(s) missing" in done.stderr and "linear/seed0.json" in done.stderr
+
+
+def test_html_is_self_contained_and_escaped(rendered):
+    _, layout, _ = rendered
+    page = (layout.reports / "index.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(FIGURES)
+    assert not re.search(r'(src|href)="(https?:|//|figures/)', page)
+    assert "Pixel Recurrent Neural Networks (van den Oord et al.) 2016" in page
+    assert "<code>pixelcnn_2</code>" in page and "KL[q(z|x) || p(z)]" in page
+    md = (layout.reports / "report.md").read_text()
+    assert all(f"](figures/{name}.png)" in md for name in FIGURES)
+
+
+def test_page_opens_in_a_browser_with_every_image_shown(rendered, chromium, tmp_path):
+    """Headless Chromium loads index.html; a script counts the images that decoded."""
+    _, layout, _ = rendered
+    page = tmp_path / "check.html"
+    probe = ("<script>window.addEventListener('load', () => {const imgs = [...document.images];"
+             "const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;"
+             "const pre = document.createElement('pre'); pre.id = 'img-check';"
+             "pre.textContent = `total=${imgs.length} ok=${ok}`; document.body.append(pre);});</script>")
+    page.write_text((layout.reports / "index.html").read_text().replace("</body>", probe + "</body>"))
+    dom = chromium(page)
+    found = re.search(r'<pre id="img-check">total=(\d+) ok=(\d+)</pre>', dom)
+    assert found, dom[-2000:]
+    total, ok = map(int, found.groups())
+    assert total == len(FIGURES) and ok == total
