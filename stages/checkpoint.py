@@ -8,14 +8,16 @@ inside are validated with the same schema as params.yaml when the model is rebui
 
 from __future__ import annotations
 
+import io
 import pickle
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from stages.errors import CheckpointError, TrainingDiverged
-from stages.fsutil import atomic_path
+from stages.fsutil import write_bytes
 from stages.model import VAE, EncoderConfig, GaussianEncoder, build_decoder
 from stages.params import Rung, parse_rung
 from stages.schema import Errors, build, to_plain
@@ -32,13 +34,29 @@ def describe(rung: Rung, encoder: EncoderConfig) -> dict[str, Any]:
     return {"rung_name": rung.name, "rung": rung.plain(), "encoder": to_plain(encoder)}
 
 
+def canonical(obj: Any) -> Any:
+    """The same data with no shared objects and interned strings, so that equal states
+    pickle to equal bytes (pickle writes a back-reference for an object it saw before;
+    a resumed run holds other objects than an uninterrupted one, with equal values)."""
+    if isinstance(obj, dict):
+        return {canonical(k): canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(canonical(v) for v in obj)
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    return obj
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write atomically; refuse weights that are not all finite."""
+    """Write atomically and byte-for-byte reproducibly; refuse weights that are not finite."""
     for key, tensor in state.get("model_state", {}).items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise TrainingDiverged(f"refusing to write {path}: weight {key} is not finite")
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state}, tmp)
+    buffer = io.BytesIO()  # in memory: torch reports failed file writes as RuntimeError, and
+    torch.save(canonical({"format": FORMAT, **state}), buffer)  # names the archive after the file
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

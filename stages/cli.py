@@ -91,7 +91,23 @@ def report(params: Path = PARAMS, root: Path = ROOT) -> None:
     run(load_params(params), Layout(root))
 
 
+@app.command()
+def bench(params: Path = PARAMS, root: Path = ROOT,
+          out: Path = typer.Option(Path("reports/bench.json"), help="where to write the figures"),
+          full_mlp_eval: bool = typer.Option(True, "--full-mlp-eval/--quick",
+                                             help="also time the mlp at K=5000 on all test images")) -> None:
+    """Measure speed against this machine's matmul peak (a benchmark, not a test)."""
+    from stages.bench import run
+    from stages.layout import Layout
+    from stages.params import load_params
+
+    run(load_params(params), Layout(root), out, full_mlp_eval)
+
+
 def main() -> None:
+    from stages.runtime import keep_freed_memory
+
+    keep_freed_memory()
     try:
         app()
     except StudyError as e:

@@ -8,9 +8,10 @@
   pairs with a running logsumexp, so memory does not grow with K. Estimates at nested
   K' <= K (the first K' of the same draws) come for free.
 - `mutual_information`: I_q(x; z) = E_x KL[q(z|x) || p(z)] - KL[q(z) || p(z)], computed as
-  E_x E_q(z|x)[log q(z|x) - log q(z)] with the aggregate posterior q(z) = mean_n q(z|x_n)
-  over the whole evaluation set (Hoffman & Johnson 2016; He et al. 2019): a minibatch mixture
-  would cap the estimate at log(batch size).
+  E_x E_q(z|x)[log q(z|x) - log q(z)] with the aggregate posterior q(z) = mean_m q(z|x_m)
+  over a large set of images (Hoffman & Johnson 2016; He et al. 2019): a mixture of M
+  posteriors caps the estimate at log M, so a minibatch mixture would cap it at log(batch
+  size); the evaluate stage uses the test images plus the probe's training images.
 - `active_units`: latent dimensions u with Cov_x(E_q[z_u]) above a threshold (Burda et al.
   2016, Sec. 5.2, threshold 0.01).
 
@@ -112,12 +113,16 @@ def log_aggregate_posterior(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Ten
 
 @torch.no_grad()
 def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, n_samples: int = 10,
-                       generator: torch.Generator | None = None) -> float:
-    """I_q(x; z) in nats over an evaluation set of posteriors.  mu, logvar: (N,D)"""
+                       generator: torch.Generator | None = None,
+                       mixture: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+    """I_q(x; z) in nats: E_x E_q(z|x)[log q(z|x) - log q(z)] over the images whose
+    posteriors are (mu, logvar) (N,D), with q(z) the mixture of the `mixture` posteriors
+    (M,D) (default: the same N). The estimate cannot exceed log M, so M should be large."""
     n, d = mu.shape
+    mix_mu, mix_logvar = mixture if mixture is not None else (mu, logvar)
     neg_entropy = -0.5 * (d * (LOG_2PI + 1.0) + logvar.sum(1))  # (N,) E_q(z|x) log q(z|x)
     z = reparameterize(mu, logvar, n_samples, generator).reshape(n * n_samples, d)  # (N*S,D)
-    log_qz = log_aggregate_posterior(z, mu, logvar)  # (N*S,)
+    log_qz = log_aggregate_posterior(z, mix_mu, mix_logvar)  # (N*S,)
     return float(neg_entropy.double().mean() - log_qz.double().mean())
 
 

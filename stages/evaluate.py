@@ -43,15 +43,16 @@ class Evaluation:
 
 
 @torch.no_grad()
-def posterior_means(model: VAE, split: Split, precision: Precision, batch_size: int,
-                    g: torch.Generator) -> torch.Tensor:
-    """E_q[z|x] for every image of a split.  -> (N,D) fp32"""
-    means = []
+def posteriors(model: VAE, split: Split, precision: Precision, batch_size: int,
+               g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(z|x) = N(mu, exp(logvar)) for every image of a split.  -> mu, logvar: (N,D) fp32"""
+    mus, logvars = [], []
     for start in range(0, len(split), batch_size):
         x = precision.batch(split.images(slice(start, start + batch_size), g))
-        with precision.autocast():
-            means.append(model.encoder(x)[0].float().cpu())
-    return torch.cat(means)
+        mu, logvar = model.encoder(x)
+        mus.append(mu.cpu())
+        logvars.append(logvar.cpu())
+    return torch.cat(mus), torch.cat(logvars)
 
 
 def stderr(values: torch.Tensor) -> float:
@@ -87,11 +88,13 @@ def evaluate_model(model: VAE, test: Split, train: Split, config: EvaluateConfig
     elbo = log_px_z_t - kl  # (N,)
 
     n_active, mean_variance = active_units(mu, config.active_unit_threshold)
-    mi = mutual_information(mu, logvar, config.mi_samples, generator(derive_seed(config.seed, MI_STREAM)))
     probe_train = train.head(config.probe_train_size)
-    mu_train = posterior_means(model, probe_train, precision, 500,
-                               generator(derive_seed(config.seed, PROBE_STREAM)))
+    mu_train, logvar_train = posteriors(model, probe_train, precision, 500,
+                                        generator(derive_seed(config.seed, PROBE_STREAM)))
     accuracy = probe_accuracy(mu_train, probe_train.labels, mu, test.labels)
+    mixture = (torch.cat([mu, mu_train]), torch.cat([logvar, logvar_train]))  # q(z): M = N + N_train
+    mi = mutual_information(mu, logvar, config.mi_samples,
+                            generator(derive_seed(config.seed, MI_STREAM)), mixture)
     images = show_images(model, test, config, precision)
 
     metrics = {

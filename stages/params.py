@@ -55,7 +55,8 @@ class EvaluateConfig:
     batch_size: int = spec(50, min=1, max=100000, doc="test images per encoder pass")
     chunk_size: int = spec(2000, min=1, max=10_000_000, doc="(image, sample) pairs per decoder call")
     precision: str = spec("auto", choices=("auto", "bf16", "fp32"))
-    probe_train_size: int | None = spec(10000, min=10, max=N_MNIST_TRAIN)
+    probe_train_size: int | None = spec(10000, min=10, max=N_MNIST_TRAIN,
+                                        doc="training images for the probe and q(z) in the MI")
     mi_samples: int = spec(10, min=1, max=10000, doc="z draws per image for KL[q(z)||p(z)]")
     active_unit_threshold: float = spec(0.01, check=_positive)
     n_show: int = spec(10, min=1, max=100, doc="test digits reconstructed and prior samples drawn")

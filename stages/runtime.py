@@ -13,6 +13,8 @@ log-probability, and sums over pixels, KL terms and logsumexp run in fp32.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import random
 from dataclasses import dataclass
@@ -24,6 +26,28 @@ from torch import nn
 from stages.errors import StudyError
 
 DEVICE_ENV = "VAE_STUDY_DEVICE"
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
+
+
+def keep_freed_memory() -> bool:
+    """Stop glibc from handing freed tensor memory back to the kernel after every batch.
+
+    By default glibc serves blocks above a (dynamic) threshold with mmap and trims the heap
+    top on free, so the next batch's tensors are page-faulted and zeroed again: evaluating
+    the pixelcnn_1 rung spent 30 of its 34 seconds in the kernel. Keeping blocks up to 1 GiB
+    on the heap and never trimming it takes that to 16 seconds (and speeds up training);
+    memory stays at its peak, which a batch job does not mind. No-op off glibc.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    ok = mallopt(M_MMAP_THRESHOLD, ctypes.c_int(1 << 30)) or mallopt(M_MMAP_THRESHOLD, ctypes.c_int(32 << 20))
+    return bool(ok and mallopt(M_TRIM_THRESHOLD, ctypes.c_int(2**31 - 1)))
 
 
 def resolve_device(name: str | None = None) -> torch.device:

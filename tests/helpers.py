@@ -69,3 +69,111 @@ def tiny_params(**overrides):
 def tiny_model(params, name: str, seed: int = 0):
     torch.manual_seed(seed)
     return build_model(params.rung(name), params.encoder)
+
+
+# --- tiny DVC projects --------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "reference", "stages")
+
+
+def env_with_venv() -> dict[str, str]:
+    """The environment for subprocesses: this interpreter's bin first on PATH (vae-study, dvc)."""
+    import os
+    import sys
+
+    bin_dir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.org", "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.org"}
+
+
+def sh(cwd: Path, *args: str, check: bool = True, timeout: float = 600):
+    import subprocess
+
+    proc = subprocess.run(list(args), cwd=cwd, env=env_with_venv(), capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def dvc(cwd: Path, *args: str, check: bool = True, timeout: float = 600):
+    import sys
+
+    return sh(cwd, sys.executable, "-m", "dvc", *args, check=check, timeout=timeout)
+
+
+def make_project(root: Path, params: dict) -> Path:
+    """A git + DVC project with this repo's pipeline, the given params and synthetic raw data
+    committed as the download stage's output; the download stage is frozen (no network)."""
+    import json
+    import shutil
+
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_FILES:
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(root, "git", "init", "-q")
+    dvc(root, "init", "-q")
+    dvc(root, "config", "core.analytics", "false")
+    raw = write_synthetic_mnist(root / "data/raw")
+    (raw / "sources.json").write_text(json.dumps({"note": "synthetic test data"}))
+    dvc(root, "commit", "-f", "-q", "download")
+    dvc(root, "freeze", "download")  # never fetch real MNIST here, not even on --force
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-q", "-m", "tiny study")
+    return root
+
+
+def stage_status(root: Path) -> set[str]:
+    """Names of the stages `dvc status` marks as changed."""
+    import json
+
+    return set(json.loads(dvc(root, "status", "--json").stdout or "{}"))
+
+
+def downstream(root: Path, stages: set[str]) -> set[str]:
+    """The stages and everything downstream of them in `dvc dag`."""
+    import re
+
+    edges = re.findall(r'"([^"]+)" -> "([^"]+)"', dvc(root, "dag", "--dot").stdout)
+    reached, frontier = set(stages), list(stages)
+    while frontier:
+        node = frontier.pop()
+        for a, b in edges:
+            if a == node and b not in reached:
+                reached.add(b)
+                frontier.append(b)
+    return reached
+
+
+def ran_stages(output: str) -> list[str]:
+    import re
+
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def build_tiny_study(root: Path, params_raw: dict | None = None):
+    """Synthetic data, binarized and every rung trained, in-process (no DVC). -> params, layout"""
+    import yaml
+
+    from stages import binarize, train
+    from stages.layout import Layout
+    from stages.params import parse_params
+
+    raw = params_raw or TINY_PARAMS
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params, layout = parse_params(raw), Layout(root)
+    write_synthetic_mnist(layout.raw)
+    binarize.run(layout.raw, layout.binarized, layout.binarized_summary, params.binarize)
+    for name in params.decoders:
+        train.run(params, name, 0, layout, progress=False)
+    return params, layout

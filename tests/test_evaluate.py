@@ -13,13 +13,12 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import TINY_PARAMS, tiny_params, write_synthetic_mnist
+from helpers import TINY_PARAMS, build_tiny_study
 
-from stages import binarize, evaluate, train
+from stages import evaluate
 from stages.checkpoint import load_checkpoint
 from stages.data import load_splits
 from stages.errors import CheckpointError
-from stages.layout import Layout
 from stages.runtime import Precision
 
 METRIC_KEYS = {"nll_iw_nats", "nll_iw_stderr_nats", "iw_k", "n_test", "nll_elbo_nats", "kl_nats",
@@ -30,12 +29,7 @@ METRIC_KEYS = {"nll_iw_nats", "nll_iw_stderr_nats", "iw_k", "n_test", "nll_elbo_
 def study(tmp_path_factory):
     """A tiny project with synthetic data and both rungs trained."""
     root = tmp_path_factory.mktemp("study")
-    (root / "params.yaml").write_text(yaml.safe_dump(TINY_PARAMS, sort_keys=False))
-    params, layout = tiny_params(), Layout(root)
-    write_synthetic_mnist(layout.raw)
-    binarize.run(layout.raw, layout.binarized, layout.binarized_summary, params.binarize)
-    for name in params.decoders:
-        train.run(params, name, 0, layout, progress=False)
+    params, layout = build_tiny_study(root)
     return root, params, layout
 
 

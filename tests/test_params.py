@@ -124,3 +124,79 @@ def test_cli_refuses_bad_params_with_one_message_and_no_traceback(tmp_path):
     assert "decoders.pixelcnn_2.n_layers: got 0" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists()  # refused before any output folder was made
+
+
+# --- fuzzing: malformed params files give clean errors, never a traceback -----------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from stages.params import StudyParams  # noqa: E402
+
+junk = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**12, 10**12)
+    | st.floats(allow_nan=True, allow_infinity=True) | st.text(max_size=12),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
+)
+
+
+def key_paths(node, prefix=()):
+    """Every path into a nested dict of TINY_PARAMS."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield prefix + (k,)
+            yield from key_paths(v, prefix + (k,))
+
+
+PATHS = list(key_paths(TINY_PARAMS))
+
+
+@st.composite
+def malformed_params(draw):
+    raw = copy.deepcopy(TINY_PARAMS)
+    for _ in range(draw(st.integers(1, 4))):
+        path = draw(st.sampled_from(PATHS))
+        node = raw
+        for key in path[:-1]:
+            if not isinstance(node, dict) or key not in node:
+                break
+            node = node[key]
+        else:
+            if not isinstance(node, dict):
+                continue
+            action = draw(st.sampled_from(["replace", "delete", "add"]))
+            if action == "replace":
+                node[path[-1]] = draw(junk)
+            elif action == "delete":
+                node.pop(path[-1], None)
+            else:
+                node[draw(st.text(min_size=1, max_size=8))] = draw(junk)
+    return raw
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(malformed_params())
+def test_malformed_params_give_only_clean_errors(tmp_path_factory, raw):
+    path = tmp_path_factory.mktemp("fuzz") / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    try:
+        params = load_params(path)
+    except ParamsError as e:
+        assert str(e).startswith(f"{path} is invalid:") or str(e).startswith(f"{path}:")
+    else:
+        assert isinstance(params, StudyParams)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=200) | st.text(max_size=200))
+def test_arbitrary_bytes_give_only_clean_errors(tmp_path_factory, content):
+    path = tmp_path_factory.mktemp("fuzz") / "params.yaml"
+    if isinstance(content, str):
+        path.write_text(content)
+    else:
+        path.write_bytes(content)
+    try:
+        load_params(path)
+    except ParamsError:
+        pass

@@ -64,6 +64,9 @@ def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_pa
         assert torch.equal(tensor, resumed["model_state"][key]), key
     cols = [c for c in whole_history.columns if c != "seconds"]
     assert whole_history[cols].equals(resumed_history[cols])
+    save_checkpoint(tmp_path / "whole.pt", whole)  # the same bytes: DVC sees the same output
+    save_checkpoint(tmp_path / "resumed.pt", resumed)
+    assert (tmp_path / "whole.pt").read_bytes() == (tmp_path / "resumed.pt").read_bytes()
 
 
 def test_resume_state_of_another_run_is_ignored(tmp_path):

@@ -1,0 +1,182 @@
+"""`vae-study bench`: the study's speed, measured against this machine's own limit in one run.
+
+- peak: the best dense matmul rate in fp32 and bf16 (GFLOP/s), the ceiling every other
+  figure is divided by, measured in the same run so a busy shared machine still gives a
+  fair ratio;
+- train: one optimizer step of every rung at its params.yaml size (images/s; GFLOP/s from
+  torch's FLOP counter: convolutions and matmuls, forward and backward), in the precision
+  the train stage uses, and the same for the deepest PixelCNN under torch.compile;
+- evaluate: decoder evaluations per second inside the IW estimator, for the mlp and the
+  deepest conditional PixelCNN; and the bf16 IW NLL against fp32 on trained checkpoints;
+- mlp_full_eval: the mlp rung's IW estimate at K = 5000 on all 10,000 test images, timed;
+- peak resident memory after each part.
+
+Prints a table and writes the figures as JSON (reports/bench.json by default).
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from stages.data import Split, load_splits
+from stages.estimators import iw_log_likelihood
+from stages.fsutil import write_json
+from stages.layout import Layout
+from stages.params import StudyParams
+from stages.runtime import Precision, generator, resolve_device, resolve_precision
+from stages.train import build_model
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def best_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 2) -> float:
+    """The fastest of `repeats` timed calls, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    return 2 * n**3 / best_seconds(lambda: a @ b, repeats=10, warmup=3) / 1e9
+
+
+def images(splits: dict[str, Split] | None, n: int, split: str = "train") -> torch.Tensor:
+    if splits is not None and len(splits[split]) >= n:
+        return splits[split].images(slice(0, n), generator(0))
+    return torch.bernoulli(torch.full((n, 1, 28, 28), 0.13), generator=generator(0))
+
+
+def train_step_rate(model, x: torch.Tensor, precision: Precision, compile_decoder: bool = False):
+    """(seconds per step, FLOPs per step) of one Adam step on batch x."""
+    model = precision.model(model).train()
+    if compile_decoder:
+        model.decoder.log_prob = torch.compile(model.decoder.log_prob)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    x = precision.batch(x)
+
+    def step():
+        with precision.autocast():
+            loss = -model.elbo_terms(x).elbo.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # compile (if asked) outside the FLOP count and the timing
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return best_seconds(step, repeats=5, warmup=1), counter.get_total_flops()
+
+
+def eval_rate(model, x: torch.Tensor, k: int, chunk: int, precision: Precision) -> float:
+    """Decoder evaluations per second (image-sample pairs) inside the IW estimator."""
+    model = precision.model(model).eval()
+    x = precision.batch(x)
+
+    def run():
+        with precision.autocast():
+            iw_log_likelihood(model, x, k, chunk, generator(0, precision.device))
+
+    return len(x) * k / best_seconds(run, repeats=2, warmup=1)
+
+
+def iw_nll(model, test: Split, k: int, chunk: int, precision: Precision, batch: int = 100) -> float:
+    model = precision.model(model).eval()
+    g = generator(0, precision.device)
+    total = 0.0
+    for start in range(0, len(test), batch):
+        x = precision.batch(test.images(slice(start, start + batch)))
+        with precision.autocast():
+            total += float(-iw_log_likelihood(model, x, k, chunk, g).log_px.double().sum())
+    return total / len(test)
+
+
+def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = True) -> dict[str, Any]:
+    device = resolve_device()
+    train_precision = resolve_precision(params.train.precision, device)
+    eval_precision = resolve_precision(params.evaluate.precision, device)
+    splits = load_splits(layout.binarized) if layout.binarized.exists() else None
+    result: dict[str, Any] = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                    "device": str(device), "torch": torch.__version__,
+                    "train_precision": train_precision.name, "eval_precision": eval_precision.name,
+                    "data": "MNIST" if splits is not None else "random binary images"},
+    }
+    peak = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
+    result["peak_gflops"] = peak
+    print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+
+    batch = images(splits, params.train.batch_size)
+    train_rows = {}
+    for name, rung in params.decoders.items():
+        seconds, flops = train_step_rate(build_model(rung, params.encoder), batch, train_precision)
+        train_rows[name] = row = {
+            "family": rung.family, "images_per_s": len(batch) / seconds,
+            "gflop_per_step": flops / 1e9, "gflops": flops / seconds / 1e9,
+            "ratio_to_bf16_peak": flops / seconds / 1e9 / peak["bf16"]}
+        print(f"train {name:<16} {row['images_per_s']:8.0f} img/s {row['gflops']:7.0f} GFLOP/s "
+              f"({row['ratio_to_bf16_peak']:.0%} of bf16 peak)")
+    result["train"] = train_rows
+    result["peak_rss_mib_after_train"] = peak_rss_mib()
+
+    pixelcnns = [n for n, r in params.decoders.items() if r.family == "pixelcnn" and r.decoder.conditional]
+    deepest = max(pixelcnns, key=lambda n: params.decoders[n].decoder.n_layers) if pixelcnns else None
+    if deepest is not None:
+        seconds, flops = train_step_rate(build_model(params.rung(deepest), params.encoder), batch,
+                                         train_precision, compile_decoder=True)
+        result["train_compiled"] = {deepest: {"images_per_s": len(batch) / seconds,
+                                              "gflops": flops / seconds / 1e9,
+                                              "ratio_to_bf16_peak": flops / seconds / 1e9 / peak["bf16"]}}
+        print(f"train {deepest} under torch.compile: {flops / seconds / 1e9:.0f} GFLOP/s "
+              f"({flops / seconds / 1e9 / peak['bf16']:.0%})")
+
+    test_batch = images(splits, params.evaluate.batch_size, "test")
+    result["evaluate"] = {}
+    for name in [n for n in ("mlp", deepest) if n in params.decoders]:
+        model = build_model(params.rung(name), params.encoder)
+        rate = eval_rate(model, test_batch, params.evaluate.k, params.evaluate.chunk_size, eval_precision)
+        entry = {"decoder_evals_per_s": rate}
+        checkpoint = layout.model(name, params.seeds[0])
+        if splits is not None and checkpoint.exists():  # bf16 against fp32 on the trained model
+            from stages.checkpoint import load_model
+
+            test = splits["test"].head(200)
+            nll = {p: iw_nll(load_model(checkpoint)[0], test, 100, params.evaluate.chunk_size,
+                             resolve_precision(p, device)) for p in ("fp32", "bf16")}
+            entry.update(nll_iw_fp32_nats=nll["fp32"], nll_iw_bf16_nats=nll["bf16"],
+                         bf16_minus_fp32_nats=nll["bf16"] - nll["fp32"])
+        result["evaluate"][name] = entry
+        print(f"evaluate {name:<13} {rate:10.0f} decoder evaluations/s"
+              + (f", bf16 - fp32 NLL_IW {entry['bf16_minus_fp32_nats']:+.4f} nats" if "bf16_minus_fp32_nats" in entry else ""))
+    result["peak_rss_mib_after_evaluate"] = peak_rss_mib()
+
+    if full_mlp_eval and "mlp" in params.decoders and splits is not None:
+        checkpoint = layout.model("mlp", params.seeds[0])
+        from stages.checkpoint import load_model
+
+        model = load_model(checkpoint)[0] if checkpoint.exists() else build_model(params.rung("mlp"), params.encoder)
+        t0 = time.perf_counter()
+        nll = iw_nll(model, splits["test"], 5000, max(params.evaluate.chunk_size, 5000), eval_precision)
+        seconds = time.perf_counter() - t0
+        result["mlp_full_eval"] = {"k": 5000, "n_test": len(splits["test"]), "seconds": seconds,
+                                   "nll_iw_nats": nll, "peak_rss_mib": peak_rss_mib()}
+        print(f"mlp at K=5000 on {len(splits['test'])} test images: {seconds:.0f} s "
+              f"(NLL_IW {nll:.2f} nats), peak memory {peak_rss_mib():.0f} MiB")
+    write_json(out, result)
+    print(f"wrote {out}")
+    return result

@@ -1,0 +1,222 @@
+"""The DVC pipeline end to end on a tiny study: partial reruns, shared cache, sweeps.
+
+Every test runs real `dvc` commands on a real git + DVC project in a temp folder, with the
+repo's own dvc.yaml and stage code, tiny models and synthetic data.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import (REPO, TINY_PARAMS, downstream, dvc, env_with_venv, make_project, ran_stages,
+                     sh, stage_status)
+
+from stages.layout import Layout
+from stages.params import load_params
+
+pytestmark = pytest.mark.slow
+
+PARAMS = copy.deepcopy(TINY_PARAMS)
+PARAMS["seeds"] = [0, 1]
+RUNGS = list(PARAMS["decoders"])
+TRAIN = {f"train@{r}-{s}" for r in RUNGS for s in PARAMS["seeds"]}
+EVALUATE = {f"evaluate@{r}-{s}" for r in RUNGS for s in PARAMS["seeds"]}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> Path:
+    """The tiny study after one full `dvc repro`, committed."""
+    root = make_project(tmp_path_factory.mktemp("built") / "study", PARAMS)
+    out = dvc(root, "repro").stdout
+    assert set(ran_stages(out)) == {"binarize", *TRAIN, *EVALUATE, "report"}
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-q", "-m", "results")
+    return root
+
+
+@pytest.fixture
+def study(built, tmp_path) -> Path:
+    """A private copy of the built study (git history and DVC cache included)."""
+    return Path(shutil.copytree(built, tmp_path / "copy", symlinks=True))
+
+
+def edit_params(root: Path, change) -> None:
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    change(params)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def metrics(root: Path) -> dict[str, dict]:
+    return {str(p.relative_to(root)): json.loads(p.read_text())
+            for p in sorted((root / "data/metrics").rglob("*.json"))}
+
+
+def without_seconds(all_metrics: dict[str, dict]) -> dict[str, dict]:
+    return {k: {m: v for m, v in d.items() if m != "seconds"} for k, d in all_metrics.items()}
+
+
+def test_repro_builds_every_output_and_a_second_repro_has_nothing_to_do(built):
+    layout, params = Layout(built), load_params(built / "params.yaml")
+    for rung in params.decoders:
+        for seed in params.seeds:
+            assert layout.model(rung, seed).exists() and layout.metrics(rung, seed).exists()
+            assert (layout.eval_dir(rung, seed) / "k_curve.csv").exists()
+    assert (built / "reports/index.html").exists() and (built / "reports/results.csv").exists()
+    assert not (built / ".scratch/train").exists() or not any((built / ".scratch/train").iterdir())
+    second = dvc(built, "repro").stdout
+    assert ran_stages(second) == [] and "up to date" in second
+    assert stage_status(built) == set()
+
+
+def test_dvc_yaml_writes_where_the_code_expects(built):
+    """dvc.yaml and stages/layout.py name the same paths."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    layout = Layout(Path("."))
+    item = {"${item.decoder}": "RUNG", "${item.seed}": "7"}
+
+    def expand(path: str) -> str:
+        for k, v in item.items():
+            path = path.replace(k, v)
+        return path
+
+    train_outs = [expand(o) for o in stages["train"]["outs"]]
+    assert train_outs == [str(layout.model("RUNG", 7))]
+    assert [expand(next(iter(p))) for p in stages["train"]["plots"]] == [str(layout.history("RUNG", 7))]
+    assert [expand(o) for o in stages["evaluate"]["outs"]] == [str(layout.eval_dir("RUNG", 7))]
+    assert [expand(m) for m in stages["evaluate"]["metrics"]] == [str(layout.metrics("RUNG", 7))]
+    assert stages["binarize"]["outs"] == [str(layout.binarized)]
+
+
+def test_editing_one_decoder_reruns_exactly_its_stages_and_the_report(study):
+    edit_params(study, lambda p: p["decoders"]["pixelcnn_2"].update(channels=6))
+    marked = stage_status(study)
+    expected = {"train@pixelcnn_2-0", "train@pixelcnn_2-1", "evaluate@pixelcnn_2-0",
+                "evaluate@pixelcnn_2-1", "report"}
+    assert marked == expected
+    assert downstream(study, marked) == expected
+
+
+def test_editing_evaluation_keys_reruns_only_evaluation_and_the_report(study):
+    edit_params(study, lambda p: p["evaluate"].update(k=16))
+    marked = stage_status(study)
+    assert marked == EVALUATE
+    assert downstream(study, marked) == EVALUATE | {"report"}
+
+
+def test_editing_binarization_reruns_everything_downstream(study):
+    edit_params(study, lambda p: p["binarize"].update(seed=3))
+    marked = stage_status(study)
+    assert marked == {"binarize"}
+    assert downstream(study, marked) == {"binarize", *TRAIN, *EVALUATE, "report"}
+
+
+def test_adding_a_decoder_adds_its_stages_and_reruns_only_the_report(study):
+    edit_params(study, lambda p: p["decoders"].update(mlp={"family": "mlp", "hidden": [16]}))
+    new = {"train@mlp-0", "train@mlp-1", "evaluate@mlp-0", "evaluate@mlp-1"}
+    assert stage_status(study) == new | {"report"}
+    out = dvc(study, "repro").stdout
+    assert set(ran_stages(out)) == new | {"report"}
+    assert "mlp" in (study / "reports/results.csv").read_text()
+
+
+def test_force_rerun_gives_identical_metrics(study):
+    before = metrics(study)
+    out = dvc(study, "repro", "--force").stdout
+    assert "report" in ran_stages(out)
+    after = metrics(study)
+    assert without_seconds(after) == without_seconds(before)
+    assert before.keys() == after.keys() and len(before) == len(RUNGS) * 2
+
+
+def test_the_report_shows_mean_and_spread_over_seeds(built):
+    import pandas as pd
+
+    results = pd.read_csv(built / "reports/results.csv")
+    assert list(results["rung"]) == RUNGS
+    seeds = [json.loads((built / f"data/metrics/linear/seed{s}.json").read_text())["kl_nats"]
+             for s in (0, 1)]
+    row = results.set_index("rung").loc["linear"]
+    assert row["kl_nats"] == pytest.approx(sum(seeds) / 2, rel=1e-6)
+    assert row["n_seeds"] == 2 and row["kl_nats_std"] > 0
+
+
+def test_a_collaborator_pulls_instead_of_recomputing(study, tmp_path):
+    """Push outputs and run-cache to a shared remote; fresh clones reproduce nothing."""
+    remote = tmp_path / "remote"
+    dvc(study, "remote", "add", "-d", "shared", str(remote))
+    sh(study, "git", "commit", "-q", "-am", "shared remote")
+    dvc(study, "push", "--run-cache")
+
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(study), str(clone))
+    dvc(clone, "pull")
+    out = dvc(clone, "repro").stdout
+    assert ran_stages(out) == [] and "up to date" in out
+    for path in ("reports/results.csv", "reports/index.html", "data/metrics/linear/seed0.json"):
+        assert (clone / path).read_bytes() == (study / path).read_bytes(), path
+
+    # A collaborator whose dvc.lock lacks the results (other machines ran those stages and
+    # pushed the run-cache): every computing stage is restored from the run-cache; only the
+    # report renders again (its outputs live in git, and the run-cache carries cached outputs).
+    other = tmp_path / "other"
+    sh(tmp_path, "git", "clone", "-q", str(study), str(other))
+    lock = yaml.safe_load((other / "dvc.lock").read_text())
+    lock["stages"] = {"download": lock["stages"]["download"]}
+    (other / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
+    out = dvc(other, "repro", "--pull").stdout
+    assert ran_stages(out) == ["report"]
+    assert out.count("is cached - skipping run") == len(TRAIN | EVALUATE) + 1  # + binarize
+    assert metrics(other) == metrics(study)
+    assert (other / "reports/results.csv").read_bytes() == (study / "reports/results.csv").read_bytes()
+
+
+def test_a_queued_sweep_runs_in_parallel_and_compares_in_exp_show(study):
+    edit_params(study, lambda p: p.update(seeds=[0]))  # one seed keeps the sweep short
+    dvc(study, "repro", "report")
+    sh(study, "git", "commit", "-q", "-am", "one seed")
+    for n_layers in (1, 3):
+        dvc(study, "exp", "run", "--queue", "-S", f"decoders.pixelcnn_2.n_layers={n_layers}")
+    # The workers are daemons: give them no pipe of ours to hold open.
+    subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "2"], cwd=study,
+                   env=env_with_venv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=120, check=True)
+
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        status = dvc(study, "queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    shown = json.loads(dvc(study, "exp", "show", "--json").stdout)
+    layers = set()
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            for rev in exp.get("revs", []):
+                data = rev["data"]
+                n = data["params"]["params.yaml"]["data"]["decoders"]["pixelcnn_2"]["n_layers"]
+                layers.add(n)
+                assert "data/metrics/pixelcnn_2/seed0.json" in data["metrics"]
+    assert layers == {1, 3}
+    dvc(study, "queue", "stop", check=False)
+
+
+def test_the_paper_profile_validates_and_expands_into_the_expected_stages(study):
+    shutil.copy(REPO / "profiles/paper.yaml", study / "params.yaml")
+    paper = load_params(study / "params.yaml")
+    assert paper.evaluate.k == 5000 and paper.evaluate.n_test is None
+    assert paper.binarize.train_subset is None and paper.binarize.valid_size == 10000
+    assert all(r.decoder.gated for n, r in paper.decoders.items() if r.family == "pixelcnn")
+    names = set(dvc(study, "stage", "list", "--name-only").stdout.split())
+    expected = {"download", "binarize", "report"}
+    expected |= {f"{stage}@{rung}-{seed}" for stage in ("train", "evaluate")
+                 for rung in paper.decoders for seed in paper.seeds}
+    assert names == expected
