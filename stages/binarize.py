@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from stages.errors import DataError
-from stages.fsutil import atomic_path, write_json
+from stages.fsutil import write_json, write_npz
 from stages.idx import read_idx
 from stages.params import BinarizeConfig
 
@@ -94,16 +94,10 @@ def summarize(arrays: dict[str, np.ndarray], config: BinarizeConfig) -> dict:
     return summary
 
 
-def write_splits(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:  # a file object: np.savez must not append ".npz"
-            np.savez_compressed(f, **arrays)
-
-
 def run(raw_dir: str | Path, out_path: str | Path, summary_path: str | Path,
         config: BinarizeConfig) -> dict:
     arrays = binarize(raw_dir, config)
     summary = summarize(arrays, config)
-    write_splits(out_path, arrays)
+    write_npz(out_path, arrays)
     write_json(summary_path, summary)
     return summary

@@ -20,7 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="the params file to validate and use")
 ROOT = typer.Option(Path("."), "--root", help="project root holding data/ and reports/")
-PROGRESS = typer.Option(True, "--progress/--no-progress", help="show progress bars")
+PROGRESS = typer.Option(True, "--progress/--no-progress",
+                        help="progress bars (shown only when stderr is a terminal)")
 
 
 @app.command()

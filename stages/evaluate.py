@@ -23,7 +23,7 @@ from stages.checkpoint import load_model
 from stages.data import Split, load_splits
 from stages.errors import DataError
 from stages.estimators import active_units, iw_log_likelihood, k_checkpoints, mutual_information
-from stages.fsutil import atomic_path, ensure_writable_dir, write_json
+from stages.fsutil import ensure_writable_dir, write_csv, write_json, write_npz
 from stages.layout import Layout
 from stages.model import VAE
 from stages.params import EvaluateConfig, StudyParams
@@ -70,7 +70,7 @@ def evaluate_model(model: VAE, test: Split, train: Split, config: EvaluateConfig
     points = k_checkpoints(config.k)
     log_px, log_px_at, log_px_z, kl_dim, mus, logvars = [], {kk: [] for kk in points}, [], [], [], []
     starts = range(0, len(test), config.batch_size)
-    for start in tqdm(starts, desc=f"IW K={config.k}", disable=not progress, mininterval=1.0,
+    for start in tqdm(starts, desc=f"IW K={config.k}", disable=None if progress else True, mininterval=1.0,
                       leave=False):
         x = precision.batch(test.images(slice(start, start + config.batch_size)))
         with precision.autocast():
@@ -147,17 +147,6 @@ def show_images(model: VAE, test: Split, config: EvaluateConfig,
             "recon_probs": arr(probs[:n]).astype(np.float16),
             "samples": arr(drawn[n:]).astype(np.uint8),
             "sample_probs": arr(probs[n:]).astype(np.float16)}
-
-
-def write_csv(path, frame: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        frame.to_csv(tmp, index=False, float_format="%.6f")
-
-
-def write_npz(path, arrays: dict[str, np.ndarray]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez_compressed(f, **arrays)
 
 
 def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: bool = True) -> dict:

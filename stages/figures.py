@@ -171,7 +171,7 @@ def rate_distortion(results: pd.DataFrame) -> Figure:
     results: rung, uses_z, kl_nats, rec_nats (and _std columns when several seeds), per rung.
     """
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(7.0, 5.0), layout="constrained")
+        fig = Figure(figsize=(8.5, 5.0), layout="constrained")
         ax = fig.subplots()
         names = list(results["rung"])
         styles = rung_styles(names, set(results.loc[~results["uses_z"].astype(bool), "rung"]))
@@ -190,17 +190,11 @@ def rate_distortion(results: pd.DataFrame) -> Figure:
         zero = pd.Series(0.0, index=results.index)
         d_err = results.get("rec_nats_std", zero).fillna(0).to_numpy()
         r_err = results.get("kl_nats_std", zero).fillna(0).to_numpy()
-        placed: list[tuple[float, float]] = []
-        for i, name in enumerate(names):
+        for i, name in enumerate(names):  # a legend, not labels: collapsed rungs crowd near R = 0
             st = styles[name]
             ax.errorbar(d[i], r[i], xerr=d_err[i], yerr=r_err[i], fmt=st["marker"], ms=8,
-                        color=st["color"], capsize=3, zorder=3)
-            # stack labels of points that (nearly) coincide instead of overprinting them
-            near = sum(abs(d[i] - pd_) < 0.06 * span and abs(r[i] - pr) < 0.04 * span
-                       for pd_, pr in placed)
-            placed.append((d[i], r[i]))
-            ax.annotate(name, (d[i], r[i]), textcoords="offset points", xytext=(8, 4 + 11 * near),
-                        fontsize=8.5, color="0.15")
+                        color=st["color"], capsize=3, zorder=3, label=name)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
         ax.set_xlim(d_lo, d_hi)
         ax.set_ylim(r_lo, r_hi)
         ax.set_xlabel("distortion D = -E_q log p(x|z) (nats)")

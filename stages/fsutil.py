@@ -73,3 +73,18 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_json(target: str | Path, obj: Any) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv(target: str | Path, frame: Any) -> None:
+    """A pandas DataFrame as CSV (no index, 6 decimals)."""
+    with atomic_path(target) as tmp:
+        frame.to_csv(tmp, index=False, float_format="%.6f")
+
+
+def write_npz(target: str | Path, arrays: dict[str, Any]) -> None:
+    """Arrays as a compressed .npz; the same arrays give the same bytes."""
+    import numpy as np
+
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as f:  # a file object: np.savez must not append ".npz"
+            np.savez_compressed(f, **arrays)

@@ -30,7 +30,7 @@ import pandas as pd
 
 from stages import figures, page
 from stages.errors import DataError
-from stages.fsutil import atomic_path, ensure_writable_dir, write_text
+from stages.fsutil import ensure_writable_dir, write_csv, write_text
 from stages.layout import Layout
 from stages.params import StudyParams
 
@@ -347,8 +347,7 @@ def run(params: StudyParams, layout: Layout) -> pd.DataFrame:
     provenance = {"git": git_revision(layout.root), "dvc": dvc_version()}
     for name, fig in figs.items():
         figures.save(fig, figure_dir, name)
-    with atomic_path(out / "results.csv") as tmp:
-        results.to_csv(tmp, index=False, float_format="%.6f")
+    write_csv(out / "results.csv", results)
     doc = page.build(data, results, sentences, scale, provenance, list(figs))
     write_text(out / "report.md", page.markdown(doc))
     write_text(out / "index.html", page.html(doc, figure_dir))

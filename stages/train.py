@@ -33,7 +33,7 @@ from tqdm import tqdm
 from stages.checkpoint import describe, load_checkpoint, model_state, save_checkpoint
 from stages.data import Split, load_splits
 from stages.errors import TrainingDiverged
-from stages.fsutil import atomic_path, ensure_writable_dir
+from stages.fsutil import ensure_writable_dir, write_csv
 from stages.layout import Layout
 from stages.model import VAE, EncoderConfig, GaussianEncoder, build_decoder
 from stages.params import Rung, StudyParams, TrainConfig
@@ -132,7 +132,7 @@ def train_rung(
         order = torch.randperm(len(train), generator=g_cpu)
         sums = torch.zeros(3, dtype=torch.float64)
         bar = tqdm(range(steps_per_epoch), desc=f"{rung.name} s{seed} epoch {epoch}/{config.epochs}",
-                   disable=not progress, mininterval=1.0, leave=False)
+                   disable=None if progress else True, mininterval=1.0, leave=False)
         for i in bar:
             step = (epoch - 1) * steps_per_epoch + i
             x = precision.batch(train.images(order[i * config.batch_size:(i + 1) * config.batch_size], g_cpu))
@@ -180,11 +180,6 @@ def train_rung(
     return final, pd.DataFrame(history)
 
 
-def write_history(path: str | Path, history: pd.DataFrame) -> None:
-    with atomic_path(path) as tmp:
-        history.to_csv(tmp, index=False, float_format="%.6f")
-
-
 def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -204,6 +199,6 @@ def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: 
                                 splits["valid"], precision, resume_path=scratch,
                                 data_id=file_digest(layout.binarized), progress=progress)
     save_checkpoint(model_path, state)
-    write_history(history_path, history)
+    write_csv(history_path, history)
     scratch.unlink(missing_ok=True)
     return model_path
