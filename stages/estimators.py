@@ -7,8 +7,9 @@
   image; samples are drawn and scored in chunks of at most `chunk_size` (image, sample)
   pairs with a running logsumexp, so memory does not grow with K. Estimates at nested
   K' <= K (the first K' of the same draws) come for free.
-- `mutual_information`: I_q(x; z) = E_x KL[q(z|x) || p(z)] - KL[q(z) || p(z)], computed as
-  E_x E_q(z|x)[log q(z|x) - log q(z)] with the aggregate posterior q(z) = mean_m q(z|x_m)
+- `mutual_information`: I_q(x; z) = E_x KL[q(z|x) || p(z)] - KL[q(z) || p(z)], the first
+  term in closed form, the second by sampling z ~ q(z) from the aggregate posterior
+  q(z) = mean_m q(z|x_m)
   over a large set of images (Hoffman & Johnson 2016; He et al. 2019): a mixture of M
   posteriors caps the estimate at log M, so a minibatch mixture would cap it at log(batch
   size); the evaluate stage uses the test images plus the probe's training images.
@@ -115,15 +116,17 @@ def log_aggregate_posterior(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Ten
 def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, n_samples: int = 10,
                        generator: torch.Generator | None = None,
                        mixture: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
-    """I_q(x; z) in nats: E_x E_q(z|x)[log q(z|x) - log q(z)] over the images whose
+    """I_q(x; z) = E_x KL[q(z|x) || p(z)] - KL[q(z) || p(z)] in nats, over the images whose
     posteriors are (mu, logvar) (N,D), with q(z) the mixture of the `mixture` posteriors
-    (M,D) (default: the same N). The estimate cannot exceed log M, so M should be large."""
+    (M,D) (default: the same N). The first term is exact; the second is a Monte Carlo mean of
+    log q(z) - log p(z), z ~ q(z), whose noise vanishes as q(z) -> p(z), so a collapsed
+    posterior gives MI ~ 0 rather than noise. The estimate cannot exceed log M."""
     n, d = mu.shape
     mix_mu, mix_logvar = mixture if mixture is not None else (mu, logvar)
-    neg_entropy = -0.5 * (d * (LOG_2PI + 1.0) + logvar.sum(1))  # (N,) E_q(z|x) log q(z|x)
+    kl = gaussian_kl_per_dim(mu, logvar).sum(1)  # (N,) KL[q(z|x) || p(z)], exact
     z = reparameterize(mu, logvar, n_samples, generator).reshape(n * n_samples, d)  # (N*S,D)
-    log_qz = log_aggregate_posterior(z, mix_mu, mix_logvar)  # (N*S,)
-    return float(neg_entropy.double().mean() - log_qz.double().mean())
+    log_ratio = log_aggregate_posterior(z, mix_mu, mix_logvar) - log_standard_normal(z)  # (N*S,)
+    return float(kl.double().mean() - log_ratio.double().mean())
 
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> tuple[int, torch.Tensor]:

@@ -163,6 +163,11 @@ def test_mutual_information_is_zero_when_the_encoder_ignores_x():
     assert abs(mutual_information(mu, logvar, 10, g())) < 0.05
 
 
+def test_mutual_information_of_a_collapsed_posterior_is_zero_without_sampling_noise():
+    mu, logvar = torch.zeros(500, 8), torch.zeros(500, 8)  # q(z|x) = p(z) for every x
+    assert abs(mutual_information(mu, logvar, 10, g())) < 1e-5
+
+
 def test_active_units_are_counted_by_the_variance_of_posterior_means():
     torch.manual_seed(0)
     scales = torch.tensor([0.0, 0.05, 0.2, 1.0])  # variances 0, 0.0025, 0.04, 1
