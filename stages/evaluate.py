@@ -167,10 +167,10 @@ def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: 
     result = evaluate_model(model, test, splits["train"], config, precision, progress)
     info = {**result.info, "seed": seed, "best_epoch": state["epoch"],
             "valid_elbo_nats": state["valid_elbo_nats"], "valid_kl_nats": state["valid_kl_nats"]}
-    write_csv(eval_dir / "k_curve.csv", result.k_curve)
-    write_csv(eval_dir / "latent_dims.csv", result.per_dim)
-    write_npz(eval_dir / "images.npz", result.images)
-    write_json(eval_dir / "info.json", info)
+    write_csv(layout.k_curve(decoder, seed), result.k_curve)
+    write_csv(layout.latent_dims(decoder, seed), result.per_dim)
+    write_npz(layout.eval_images(decoder, seed), result.images)
+    write_json(layout.eval_info(decoder, seed), info)
     write_json(metrics_path, result.metrics)
     m = result.metrics
     print(f"{decoder} s{seed}: NLL_IW {m['nll_iw_nats']:.2f} +- {m['nll_iw_stderr_nats']:.2f}, "

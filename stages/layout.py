@@ -37,6 +37,18 @@ class Layout:
     def eval_dir(self, rung: str, seed: int) -> Path:
         return self.root / f"data/eval/{rung}/seed{seed}"
 
+    def k_curve(self, rung: str, seed: int) -> Path:
+        return self.eval_dir(rung, seed) / "k_curve.csv"
+
+    def latent_dims(self, rung: str, seed: int) -> Path:
+        return self.eval_dir(rung, seed) / "latent_dims.csv"
+
+    def eval_images(self, rung: str, seed: int) -> Path:
+        return self.eval_dir(rung, seed) / "images.npz"
+
+    def eval_info(self, rung: str, seed: int) -> Path:
+        return self.eval_dir(rung, seed) / "info.json"
+
     def scratch(self, rung: str, seed: int) -> Path:
         """Resume state of an unfinished training run: outside DVC's outputs, git-ignored."""
         return self.root / f".scratch/train/{rung}-seed{seed}.pt"

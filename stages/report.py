@@ -69,18 +69,6 @@ class ReportData:
     sources: dict[str, Any] | None  # download's sources.json, if present
 
 
-def _inputs(params: StudyParams, layout: Layout) -> list[tuple[Path, str | None]]:
-    """Every file the report reads, with the DVC stage that writes it (None: kept in git)."""
-    files = [(layout.binarized_summary, "binarize"), (layout.reference, None)]
-    for r in params.decoders:
-        for s in params.seeds:
-            files.append((layout.metrics(r, s), f"evaluate@{r}-{s}"))
-            files += [(layout.eval_dir(r, s) / f, f"evaluate@{r}-{s}")
-                      for f in ("k_curve.csv", "latent_dims.csv", "images.npz", "info.json")]
-            files.append((layout.history(r, s), f"train@{r}-{s}"))
-    return files
-
-
 def _fix(path: Path, stage: str | None) -> str:
     return (f"written by stage {stage}: run `dvc repro {stage}`" if stage else
             f"kept in git: restore it with `git checkout -- {path}`")
@@ -111,6 +99,28 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+def _run_files(layout: Layout, r: str, s: int) -> dict[str, tuple[Path, str, Any, tuple[str, ...]]]:
+    """One (rung, seed)'s inputs by `Run` field: (path, writing stage, reader, required keys)."""
+    evaluated, trained = f"evaluate@{r}-{s}", f"train@{r}-{s}"
+    return {
+        "metrics": (layout.metrics(r, s), evaluated, _json, METRIC_KEYS),
+        "k_curve": (layout.k_curve(r, s), evaluated, pd.read_csv, K_CURVE_COLUMNS),
+        "latent": (layout.latent_dims(r, s), evaluated, pd.read_csv, LATENT_COLUMNS),
+        "images": (layout.eval_images(r, s), evaluated, _npz, IMAGE_KEYS),
+        "info": (layout.eval_info(r, s), evaluated, _json, INFO_KEYS),
+        "history": (layout.history(r, s), trained, pd.read_csv, HISTORY_COLUMNS),
+    }
+
+
+def _inputs(params: StudyParams, layout: Layout) -> list[tuple[Path, str | None]]:
+    """Every file the report reads, with the DVC stage that writes it (None: kept in git)."""
+    files = [(layout.binarized_summary, "binarize"), (layout.reference, None)]
+    for r in params.decoders:
+        for s in params.seeds:
+            files += [(path, stage) for path, stage, *_ in _run_files(layout, r, s).values()]
+    return files
+
+
 def collect(params: StudyParams, layout: Layout) -> ReportData:
     """Read and validate every input; raise one DataError listing all missing files."""
     missing = [(p, stage) for p, stage in _inputs(params, layout) if not p.is_file()]
@@ -122,35 +132,30 @@ def collect(params: StudyParams, layout: Layout) -> ReportData:
     runs = {}
     for r in params.decoders:
         for s in params.seeds:
-            ev, stage = layout.eval_dir(r, s), f"evaluate@{r}-{s}"
-            run = Run(
-                metrics=_read(layout.metrics(r, s), stage, _json, METRIC_KEYS),
-                k_curve=_read(ev / "k_curve.csv", stage, pd.read_csv, K_CURVE_COLUMNS),
-                latent=_read(ev / "latent_dims.csv", stage, pd.read_csv, LATENT_COLUMNS),
-                images=_read(ev / "images.npz", stage, _npz, IMAGE_KEYS),
-                info=_read(ev / "info.json", stage, _json, INFO_KEYS),
-                history=_read(layout.history(r, s), f"train@{r}-{s}", pd.read_csv, HISTORY_COLUMNS),
-            )
+            files = _run_files(layout, r, s)
+            run = Run(**{field: _read(*spec) for field, spec in files.items()})
+            metrics_path, stage = files["metrics"][:2]
             bad = [k for k in METRICS if not isinstance(run.metrics[k], (int, float))
                    or not math.isfinite(run.metrics[k])]
             if bad or run.k_curve.empty or run.latent.empty or run.history.empty:
-                raise DataError(f"report: {layout.metrics(r, s)} or its eval/history files hold "
+                raise DataError(f"report: {metrics_path} or its eval/history files hold "
                                 f"no usable numbers ({', '.join(bad) or 'empty table'}); "
-                                f"{_fix(layout.metrics(r, s), stage)}")
+                                f"{_fix(metrics_path, stage)}")
             shapes = {k: v.shape for k, v in run.images.items()}
             if any(len(sh) != 3 or sh[1:] != (28, 28) or sh[0] != shapes["x"][0] for sh in shapes.values()):
-                raise DataError(f"report: {ev / 'images.npz'} holds arrays of shapes {shapes}, "
-                                f"expected (n,28,28) each; {_fix(ev, stage)}")
+                raise DataError(f"report: {layout.eval_images(r, s)} holds arrays of shapes {shapes}, "
+                                f"expected (n,28,28) each; {_fix(layout.eval_images(r, s), stage)}")
             runs[(r, s)] = run
     first = runs[(next(iter(params.decoders)), params.seeds[0])]
     for (r, s), run in runs.items():  # evaluate's settings are shared: outputs must agree
-        ev, stage = layout.eval_dir(r, s), f"evaluate@{r}-{s}"
+        stage = f"evaluate@{r}-{s}"
         if not np.array_equal(run.images["x"], first.images["x"]):
-            raise DataError(f"report: {ev / 'images.npz'} shows other test digits than the "
-                            f"other rungs (stale output?); {_fix(ev, stage)}")
+            raise DataError(f"report: {layout.eval_images(r, s)} shows other test digits than the "
+                            f"other rungs (stale output?); {_fix(layout.eval_images(r, s), stage)}")
         if len(run.latent) != len(first.latent):
-            raise DataError(f"report: {ev / 'latent_dims.csv'} has {len(run.latent)} latent "
-                            f"dimensions, other rungs {len(first.latent)}; {_fix(ev, stage)}")
+            raise DataError(f"report: {layout.latent_dims(r, s)} has {len(run.latent)} latent "
+                            f"dimensions, other rungs {len(first.latent)}; "
+                            f"{_fix(layout.latent_dims(r, s), stage)}")
     summary = _read(layout.binarized_summary, "binarize", _json,
                     ("method", "train", "valid", "test"))
     published = _read(layout.reference, None, pd.read_csv, PUBLISHED_COLUMNS)
