@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from stages.checkpoint import load_model
 from stages.data import Split, load_splits
 from stages.estimators import iw_log_likelihood
 from stages.fsutil import write_json
@@ -85,6 +86,16 @@ def train_step_rate(model, x: torch.Tensor, precision: Precision, compile_decode
     return best_seconds(step, repeats=5, warmup=1), counter.get_total_flops()
 
 
+def throughput(label: str, n_images: int, seconds: float, flops: int, peak_bf16: float) -> dict[str, float]:
+    """One training-step figure as images/s and GFLOP/s, with its ratio to the bf16 peak; printed."""
+    gflops = flops / seconds / 1e9
+    row = {"images_per_s": n_images / seconds, "gflop_per_step": flops / 1e9, "gflops": gflops,
+           "ratio_to_bf16_peak": gflops / peak_bf16}
+    print(f"train {label:<16} {row['images_per_s']:8.0f} img/s {gflops:7.0f} GFLOP/s "
+          f"({row['ratio_to_bf16_peak']:.0%} of bf16 peak)")
+    return row
+
+
 def eval_rate(model, x: torch.Tensor, k: int, chunk: int, precision: Precision) -> float:
     """Decoder evaluations per second (image-sample pairs) inside the IW estimator."""
     model = precision.model(model).eval()
@@ -127,12 +138,8 @@ def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = Tr
     train_rows = {}
     for name, rung in params.decoders.items():
         seconds, flops = train_step_rate(build_model(rung, params.encoder), batch, train_precision)
-        train_rows[name] = row = {
-            "family": rung.family, "images_per_s": len(batch) / seconds,
-            "gflop_per_step": flops / 1e9, "gflops": flops / seconds / 1e9,
-            "ratio_to_bf16_peak": flops / seconds / 1e9 / peak["bf16"]}
-        print(f"train {name:<16} {row['images_per_s']:8.0f} img/s {row['gflops']:7.0f} GFLOP/s "
-              f"({row['ratio_to_bf16_peak']:.0%} of bf16 peak)")
+        train_rows[name] = {"family": rung.family,
+                            **throughput(name, len(batch), seconds, flops, peak["bf16"])}
     result["train"] = train_rows
     result["peak_rss_mib_after_train"] = peak_rss_mib()
 
@@ -144,12 +151,8 @@ def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = Tr
         for label, variant, compiled in (("torch.compile", rung, True), ("kernel_size 5", wide, False)):
             seconds, flops = train_step_rate(build_model(variant, params.encoder), batch,
                                              train_precision, compile_decoder=compiled)
-            gflops = flops / seconds / 1e9
-            result.setdefault("train_variants", {})[f"{deepest}, {label}"] = {
-                "images_per_s": len(batch) / seconds, "gflops": gflops,
-                "ratio_to_bf16_peak": gflops / peak["bf16"]}
-            print(f"train {deepest}, {label}: {len(batch) / seconds:.0f} img/s {gflops:.0f} GFLOP/s "
-                  f"({gflops / peak['bf16']:.0%} of bf16 peak)")
+            result.setdefault("train_variants", {})[f"{deepest}, {label}"] = throughput(
+                f"{deepest}, {label}", len(batch), seconds, flops, peak["bf16"])
 
     test_batch = images(splits, params.evaluate.batch_size, "test")
     result["evaluate"] = {}
@@ -159,8 +162,6 @@ def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = Tr
         entry = {"decoder_evals_per_s": rate}
         checkpoint = layout.model(name, params.seeds[0])
         if splits is not None and checkpoint.exists():  # bf16 against fp32 on the trained model
-            from stages.checkpoint import load_model
-
             test = splits["test"].head(200)
             nll = {p: iw_nll(load_model(checkpoint)[0], test, 100, params.evaluate.chunk_size,
                              resolve_precision(p, device)) for p in ("fp32", "bf16")}
@@ -173,8 +174,6 @@ def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = Tr
 
     if full_mlp_eval and "mlp" in params.decoders and splits is not None:
         checkpoint = layout.model("mlp", params.seeds[0])
-        from stages.checkpoint import load_model
-
         model = load_model(checkpoint)[0] if checkpoint.exists() else build_model(params.rung("mlp"), params.encoder)
         t0 = time.perf_counter()
         nll = iw_nll(model, splits["test"], 5000, max(params.evaluate.chunk_size, 5000), eval_precision)
