@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
+from stages import binarize, train
 from stages.idx import write_idx
+from stages.layout import Layout
 from stages.params import parse_params
 from stages.train import build_model
 
@@ -79,9 +88,6 @@ PROJECT_FILES = ("dvc.yaml", ".dvcignore", ".gitignore", "reference", "stages")
 
 def env_with_venv() -> dict[str, str]:
     """The environment for subprocesses: this interpreter's bin first on PATH (vae-study, dvc)."""
-    import os
-    import sys
-
     bin_dir = str(Path(sys.executable).parent)
     return {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
             "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t",
@@ -90,8 +96,6 @@ def env_with_venv() -> dict[str, str]:
 
 
 def sh(cwd: Path, *args: str, check: bool = True, timeout: float = 600):
-    import subprocess
-
     proc = subprocess.run(list(args), cwd=cwd, env=env_with_venv(), capture_output=True, text=True,
                           timeout=timeout)
     if check and proc.returncode != 0:
@@ -99,20 +103,20 @@ def sh(cwd: Path, *args: str, check: bool = True, timeout: float = 600):
     return proc
 
 
-def dvc(cwd: Path, *args: str, check: bool = True, timeout: float = 600):
-    import sys
+def run_stage(root: Path, *args: str, preexec_fn=None) -> subprocess.CompletedProcess:
+    """`python -m stages <args>` on the project at `root` (its params.yaml), no progress bars."""
+    return subprocess.run([sys.executable, "-m", "stages", *args, "--root", str(root), "--params",
+                           str(root / "params.yaml"), "--no-progress"], preexec_fn=preexec_fn,
+                          env=env_with_venv(), capture_output=True, text=True, timeout=300)
 
+
+def dvc(cwd: Path, *args: str, check: bool = True, timeout: float = 600):
     return sh(cwd, sys.executable, "-m", "dvc", *args, check=check, timeout=timeout)
 
 
 def make_project(root: Path, params: dict) -> Path:
     """A git + DVC project with this repo's pipeline, the given params and synthetic raw data
     committed as the download stage's output; the download stage is frozen (no network)."""
-    import json
-    import shutil
-
-    import yaml
-
     root.mkdir(parents=True, exist_ok=True)
     for name in PROJECT_FILES:
         src = REPO / name
@@ -135,15 +139,11 @@ def make_project(root: Path, params: dict) -> Path:
 
 def stage_status(root: Path) -> set[str]:
     """Names of the stages `dvc status` marks as changed."""
-    import json
-
     return set(json.loads(dvc(root, "status", "--json").stdout or "{}"))
 
 
 def downstream(root: Path, stages: set[str]) -> set[str]:
     """The stages and everything downstream of them in `dvc dag`."""
-    import re
-
     edges = re.findall(r'"([^"]+)" -> "([^"]+)"', dvc(root, "dag", "--dot").stdout)
     reached, frontier = set(stages), list(stages)
     while frontier:
@@ -156,19 +156,11 @@ def downstream(root: Path, stages: set[str]) -> set[str]:
 
 
 def ran_stages(output: str) -> list[str]:
-    import re
-
     return re.findall(r"Running stage '([^']+)'", output)
 
 
 def build_tiny_study(root: Path, params_raw: dict | None = None):
     """Synthetic data, binarized and every rung trained, in-process (no DVC). -> params, layout"""
-    import yaml
-
-    from stages import binarize, train
-    from stages.layout import Layout
-    from stages.params import parse_params
-
     raw = params_raw or TINY_PARAMS
     (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     params, layout = parse_params(raw), Layout(root)

@@ -6,14 +6,12 @@ import dataclasses
 import json
 import os
 import pickle
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
 import yaml
-from helpers import TINY_PARAMS, build_tiny_study
+from helpers import TINY_PARAMS, build_tiny_study, run_stage
 
 from stages import evaluate
 from stages.checkpoint import load_checkpoint
@@ -65,16 +63,9 @@ def test_evaluate_is_deterministic(study):
            {k: v for k, v in second.items() if k != "seconds"}
 
 
-def run_cli(root, *args):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "stages", *args, "--root", str(root), "--params",
-                           str(root / "params.yaml"), "--no-progress"],
-                          capture_output=True, text=True, timeout=300, env=env)
-
-
 def test_a_missing_checkpoint_is_a_clear_error(study):
     root, params, layout = study
-    proc = run_cli(root, "evaluate", "linear", "--seed", "5")
+    proc = run_stage(root, "evaluate", "linear", "--seed", "5")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "seed5.pt: checkpoint missing (run its train stage first)" in proc.stderr
     assert not layout.metrics("linear", 5).exists()
@@ -114,9 +105,7 @@ def test_bad_k_is_refused_before_any_work(study, tmp_path):
     root, params, layout = study
     bad = {**TINY_PARAMS, "evaluate": {**TINY_PARAMS["evaluate"], "k": 0}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
-    proc = subprocess.run([sys.executable, "-m", "stages", "evaluate", "linear", "--params",
-                           str(tmp_path / "params.yaml"), "--root", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_stage(tmp_path, "evaluate", "linear")
     assert proc.returncode == 1 and "evaluate.k: got 0" in proc.stderr
     assert not (tmp_path / "data").exists()
 

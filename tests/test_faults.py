@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
-from helpers import TINY_PARAMS, build_tiny_study, dvc, env_with_venv, make_project
+from helpers import TINY_PARAMS, build_tiny_study, dvc, env_with_venv, make_project, run_stage
 
 from stages import evaluate
 from stages.errors import OutputError
@@ -144,9 +144,7 @@ def run_stage_limited(root: Path, args: list[str], file_size_limit: int) -> subp
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write, do not kill
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
 
-    return subprocess.run([sys.executable, "-m", "stages", *args, "--root", str(root), "--params",
-                           str(root / "params.yaml"), "--no-progress"], preexec_fn=limit,
-                          env=env_with_venv(), capture_output=True, text=True, timeout=300)
+    return run_stage(root, *args, preexec_fn=limit)
 
 
 def test_a_failing_write_is_a_clear_error_and_leaves_earlier_outputs_intact(trained):
@@ -173,9 +171,7 @@ def test_a_full_disk_is_reported_as_such(trained, tmp_path):
         earlier = disk / "data/models/linear/seed0.pt"
         earlier.parent.mkdir(parents=True)
         earlier.write_bytes(b"an earlier model")
-        proc = subprocess.run([sys.executable, "-m", "stages", "train", "linear", "--root", str(disk),
-                               "--params", str(disk / "params.yaml"), "--no-progress"],
-                              env=env_with_venv(), capture_output=True, text=True, timeout=300)
+        proc = run_stage(disk, "train", "linear")
         assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
         assert "disk full while writing" in proc.stderr
         assert earlier.read_bytes() == b"an earlier model"

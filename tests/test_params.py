@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import TINY_PARAMS
+from helpers import TINY_PARAMS, run_stage
 
 from stages.errors import ParamsError
 from stages.params import load_params, parse_params
@@ -116,10 +114,7 @@ def test_malformed_files_are_refused(tmp_path, text, expected):
 def test_cli_refuses_bad_params_with_one_message_and_no_traceback(tmp_path):
     bad = with_change("decoders.pixelcnn_2.n_layers", 0)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(bad))
-    proc = subprocess.run(
-        [sys.executable, "-m", "stages", "train", "pixelcnn_2", "--params",
-         str(tmp_path / "params.yaml"), "--root", str(tmp_path)],
-        capture_output=True, text=True, timeout=120)
+    proc = run_stage(tmp_path, "train", "pixelcnn_2")
     assert proc.returncode == 1
     assert "decoders.pixelcnn_2.n_layers: got 0" in proc.stderr
     assert "Traceback" not in proc.stderr
