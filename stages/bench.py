@@ -4,9 +4,13 @@
   figure is divided by, measured in the same run so a busy shared machine still gives a
   fair ratio;
 - train: one optimizer step of every rung at its params.yaml size (images/s; GFLOP/s from
-  torch's FLOP counter: convolutions and matmuls, forward and backward), in the precision
-  the train stage uses, and the deepest PixelCNN again under torch.compile and with 5x5
-  kernels (the same layers with more arithmetic per byte moved);
+  torch's FLOP counter: convolutions and matmuls, forward and backward, counted dense as
+  executed, so a masked convolution's zeroed taps count too), in the precision the train
+  stage uses, and the deepest PixelCNN again under torch.compile and with 5x5 kernels (the
+  same layers with more arithmetic per byte moved);
+- step_breakdown: where the deepest PixelCNN's step goes (torch.profiler): time inside the
+  convolution kernels and their GFLOP/s (the ceiling the whole step could reach), the rest,
+  and what one elementwise pass over a layer's activations costs (the memory-bound part);
 - evaluate: decoder evaluations per second inside the IW estimator, for the mlp and the
   deepest conditional PixelCNN; and the bf16 IW NLL against fp32 on trained checkpoints;
 - mlp_full_eval: the mlp rung's IW estimate at K = 5000 on all 10,000 test images, timed;
@@ -65,8 +69,9 @@ def images(splits: dict[str, Split] | None, n: int, split: str = "train") -> tor
     return torch.bernoulli(torch.full((n, 1, 28, 28), 0.13), generator=generator(0))
 
 
-def train_step_rate(model, x: torch.Tensor, precision: Precision, compile_decoder: bool = False):
-    """(seconds per step, FLOPs per step) of one Adam step on batch x."""
+def train_step_rate(model, x: torch.Tensor, precision: Precision, compile_decoder: bool = False,
+                    breakdown: bool = False):
+    """(seconds per step, FLOPs per step, breakdown or None) of one Adam step on batch x."""
     model = precision.model(model).train()
     if compile_decoder:
         model.decoder.log_prob = torch.compile(model.decoder.log_prob)
@@ -83,7 +88,43 @@ def train_step_rate(model, x: torch.Tensor, precision: Precision, compile_decode
     step()  # compile (if asked) outside the FLOP count and the timing
     with FlopCounterMode(display=False) as counter:
         step()
-    return best_seconds(step, repeats=5, warmup=1), counter.get_total_flops()
+    seconds = best_seconds(step, repeats=5, warmup=1)
+    by_op = {str(op): n for op, n in counter.get_flop_counts().get("Global", {}).items()}
+    parts = convolution_share(step, by_op, precision.device) if breakdown else None
+    return seconds, counter.get_total_flops(), parts
+
+
+def convolution_share(step: Callable[[], Any], flops_by_op: dict[str, int], device: torch.device,
+                      steps: int = 3) -> dict[str, float]:
+    """Split `steps` profiled training steps into time inside convolution ops and the rest.
+
+    Self times, so nothing is counted twice; on CUDA the device (kernel) times. The
+    convolutions' GFLOP/s is their FLOPs over their own time: the rate the whole step would
+    reach if everything else (activations, bias and residual adds, optimizer) were free.
+    """
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    step()
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    times = {e.key: getattr(e, attr) / 1e3 / steps for e in prof.key_averages()}  # ms per step
+    conv_ms = sum(t for name, t in times.items() if "convolution" in name)
+    conv_flops = sum(n for op, n in flops_by_op.items() if "convolution" in op)
+    return {"profiled_step_ms": sum(times.values()), "convolution_ms": conv_ms,
+            "other_ms": sum(times.values()) - conv_ms,
+            "convolution_gflops": conv_flops / (conv_ms / 1e3) / 1e9 if conv_ms else float("nan")}
+
+
+def elementwise_pass(shape: tuple[int, ...], precision: Precision) -> dict[str, float]:
+    """One ReLU over an activation tensor of `shape`: ms and GB/s (read + write)."""
+    dtype = precision.dtype or torch.float32
+    a = precision.batch(torch.randn(shape, device=precision.device).to(dtype))
+    seconds = best_seconds(lambda: torch.relu(a), repeats=10)
+    return {"shape": list(shape), "dtype": str(dtype).removeprefix("torch."), "ms": seconds * 1e3,
+            "gb_per_s": 2 * a.numel() * a.element_size() / seconds / 1e9}
 
 
 def throughput(label: str, n_images: int, seconds: float, flops: int, peak_bf16: float) -> dict[str, float]:
@@ -93,6 +134,21 @@ def throughput(label: str, n_images: int, seconds: float, flops: int, peak_bf16:
            "ratio_to_bf16_peak": gflops / peak_bf16}
     print(f"train {label:<16} {row['images_per_s']:8.0f} img/s {gflops:7.0f} GFLOP/s "
           f"({row['ratio_to_bf16_peak']:.0%} of bf16 peak)")
+    return row
+
+
+def breakdown_row(rung: str, seconds: float, parts: dict[str, float], peak_bf16: float,
+                  memory_pass: dict[str, Any]) -> dict[str, Any]:
+    """The deepest PixelCNN's step split into convolutions and the rest; printed."""
+    share = parts["convolution_ms"] / parts["profiled_step_ms"]
+    row = {"rung": rung, "step_ms": seconds * 1e3, **parts, "convolution_share": share,
+           "convolution_ratio_to_bf16_peak": parts["convolution_gflops"] / peak_bf16,
+           "elementwise_pass": memory_pass}
+    print(f"step of {rung}: {share:.0%} in convolutions at {parts['convolution_gflops']:.0f} GFLOP/s "
+          f"({row['convolution_ratio_to_bf16_peak']:.0%} of bf16 peak), {parts['other_ms']:.1f} of "
+          f"{parts['profiled_step_ms']:.1f} ms (profiled) elsewhere; one ReLU over a "
+          f"{tuple(memory_pass['shape'])} {memory_pass['dtype']} activation {memory_pass['ms']:.2f} ms "
+          f"({memory_pass['gb_per_s']:.0f} GB/s)")
     return row
 
 
@@ -134,23 +190,29 @@ def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = Tr
     result["peak_gflops"] = peak
     print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
 
+    pixelcnns = [n for n, r in params.decoders.items() if r.family == "pixelcnn" and r.decoder.conditional]
+    deepest = max(pixelcnns, key=lambda n: params.decoders[n].decoder.n_layers) if pixelcnns else None
+
     batch = images(splits, params.train.batch_size)
     train_rows = {}
     for name, rung in params.decoders.items():
-        seconds, flops = train_step_rate(build_model(rung, params.encoder), batch, train_precision)
+        seconds, flops, parts = train_step_rate(build_model(rung, params.encoder), batch, train_precision,
+                                                breakdown=name == deepest)
         train_rows[name] = {"family": rung.family,
                             **throughput(name, len(batch), seconds, flops, peak["bf16"])}
+        if parts is not None:
+            activation = (len(batch), params.rung(name).decoder.channels, 28, 28)
+            result["step_breakdown"] = breakdown_row(name, seconds, parts, peak["bf16"],
+                                                     elementwise_pass(activation, train_precision))
     result["train"] = train_rows
     result["peak_rss_mib_after_train"] = peak_rss_mib()
 
-    pixelcnns = [n for n, r in params.decoders.items() if r.family == "pixelcnn" and r.decoder.conditional]
-    deepest = max(pixelcnns, key=lambda n: params.decoders[n].decoder.n_layers) if pixelcnns else None
     if deepest is not None:  # the same rung compiled, and with 5x5 kernels (more work per byte)
         rung = params.rung(deepest)
         wide = dataclasses.replace(rung, decoder=dataclasses.replace(rung.decoder, kernel_size=5))
         for label, variant, compiled in (("torch.compile", rung, True), ("kernel_size 5", wide, False)):
-            seconds, flops = train_step_rate(build_model(variant, params.encoder), batch,
-                                             train_precision, compile_decoder=compiled)
+            seconds, flops, _ = train_step_rate(build_model(variant, params.encoder), batch,
+                                                train_precision, compile_decoder=compiled)
             result.setdefault("train_variants", {})[f"{deepest}, {label}"] = throughput(
                 f"{deepest}, {label}", len(batch), seconds, flops, peak["bf16"])
 
