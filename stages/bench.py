@@ -8,7 +8,7 @@
   executed, so a masked convolution's zeroed taps count too), in the precision the train
   stage uses, and the deepest PixelCNN again under torch.compile and with 5x5 kernels (the
   same layers with more arithmetic per byte moved);
-- step_breakdown: where the deepest PixelCNN's step goes (torch.profiler): time inside the
+- step_breakdown (CPU): where the deepest PixelCNN's step goes (torch.profiler): time inside the
   convolution kernels and their GFLOP/s (the ceiling the whole step could reach), the rest,
   and what one elementwise pass over a layer's activations costs (the memory-bound part);
 - evaluate: decoder evaluations per second inside the IW estimator, for the mlp and the
@@ -37,6 +37,7 @@ from stages.data import Split, load_splits
 from stages.estimators import iw_log_likelihood
 from stages.fsutil import write_json
 from stages.layout import Layout
+from stages.model.registry import IMAGE_SHAPE
 from stages.params import StudyParams
 from stages.runtime import Precision, generator, resolve_device, resolve_precision
 from stages.train import build_model
@@ -88,31 +89,27 @@ def train_step_rate(model, x: torch.Tensor, precision: Precision, compile_decode
     step()  # compile (if asked) outside the FLOP count and the timing
     with FlopCounterMode(display=False) as counter:
         step()
-    seconds = best_seconds(step, repeats=5, warmup=1)
-    by_op = {str(op): n for op, n in counter.get_flop_counts().get("Global", {}).items()}
-    parts = convolution_share(step, by_op, precision.device) if breakdown else None
-    return seconds, counter.get_total_flops(), parts
+    seconds = best_seconds(step, repeats=5, warmup=1)  # also the warm-up of the profiled steps
+    if not breakdown:
+        return seconds, counter.get_total_flops(), None
+    conv_flops = sum(n for op, n in counter.get_flop_counts().get("Global", {}).items()
+                     if "convolution" in str(op))
+    return seconds, counter.get_total_flops(), convolution_share(step, conv_flops)
 
 
-def convolution_share(step: Callable[[], Any], flops_by_op: dict[str, int], device: torch.device,
-                      steps: int = 3) -> dict[str, float]:
-    """Split `steps` profiled training steps into time inside convolution ops and the rest.
+def convolution_share(step: Callable[[], Any], conv_flops: int, steps: int = 3) -> dict[str, float]:
+    """Split `steps` profiled CPU training steps into time inside convolution ops and the rest.
 
-    Self times, so nothing is counted twice; on CUDA the device (kernel) times. The
-    convolutions' GFLOP/s is their FLOPs over their own time: the rate the whole step would
-    reach if everything else (activations, bias and residual adds, optimizer) were free.
+    Self CPU times, so nothing is counted twice (CPU only: on CUDA the ops return before their
+    kernels run). The convolutions' GFLOP/s is their FLOPs over their own time: the rate the
+    whole step would reach if everything else (activations, bias and residual adds,
+    optimizer) were free.
     """
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    step()
-    with torch.profiler.profile(activities=activities) as prof:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         for _ in range(steps):
             step()
-    attr = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    times = {e.key: getattr(e, attr) / 1e3 / steps for e in prof.key_averages()}  # ms per step
+    times = {e.key: e.self_cpu_time_total / 1e3 / steps for e in prof.key_averages()}  # ms per step
     conv_ms = sum(t for name, t in times.items() if "convolution" in name)
-    conv_flops = sum(n for op, n in flops_by_op.items() if "convolution" in op)
     return {"profiled_step_ms": sum(times.values()), "convolution_ms": conv_ms,
             "other_ms": sum(times.values()) - conv_ms,
             "convolution_gflops": conv_flops / (conv_ms / 1e3) / 1e9 if conv_ms else float("nan")}
@@ -197,11 +194,11 @@ def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = Tr
     train_rows = {}
     for name, rung in params.decoders.items():
         seconds, flops, parts = train_step_rate(build_model(rung, params.encoder), batch, train_precision,
-                                                breakdown=name == deepest)
+                                                breakdown=name == deepest and device.type == "cpu")
         train_rows[name] = {"family": rung.family,
                             **throughput(name, len(batch), seconds, flops, peak["bf16"])}
         if parts is not None:
-            activation = (len(batch), params.rung(name).decoder.channels, 28, 28)
+            activation = (len(batch), rung.decoder.channels, *IMAGE_SHAPE[1:])
             result["step_breakdown"] = breakdown_row(name, seconds, parts, peak["bf16"],
                                                      elementwise_pass(activation, train_precision))
     result["train"] = train_rows
