@@ -3,6 +3,11 @@
 Params flow one way: a stage command calls `load_params`, which validates the whole file
 (every problem reported at once, with its key path and what is allowed) before any data is
 read or model built, and passes the resulting frozen config objects down.
+
+Every key of the shared sections (binarize, encoder, train, evaluate, report) is required:
+params.yaml is the one place its value is defined, so no default in code can disagree with
+it. The per-rung options (a decoder family's architecture, the objective's mitigations)
+have their defaults here and in `stages.model`, which the stages list as DVC dependencies.
 """
 
 from __future__ import annotations
@@ -33,39 +38,39 @@ def _positive(v: float) -> str | None:
 
 @dataclass(frozen=True)
 class BinarizeConfig:
-    method: str = spec("static", choices=("static", "threshold", "dynamic"))
-    seed: int = spec(0, min=0, max=2**31 - 1)
-    valid_size: int = spec(10000, min=1, max=N_MNIST_TRAIN - 1)
-    train_subset: int | None = spec(None, min=1, max=N_MNIST_TRAIN - 1)
+    method: str = spec(choices=("static", "threshold", "dynamic"))
+    seed: int = spec(min=0, max=2**31 - 1)
+    valid_size: int = spec(min=1, max=N_MNIST_TRAIN - 1)
+    train_subset: int | None = spec(min=1, max=N_MNIST_TRAIN - 1)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = spec(5, min=1, max=100000)
-    batch_size: int = spec(64, min=1, max=65536)
-    lr: float = spec(1e-3, check=_unit_interval_open)
-    precision: str = spec("auto", choices=("auto", "bf16", "fp32"))
-    valid_subset: int | None = spec(None, min=1, max=N_MNIST_TRAIN - 1, doc="valid images per epoch")
+    epochs: int = spec(min=1, max=100000)
+    batch_size: int = spec(min=1, max=65536)
+    lr: float = spec(check=_unit_interval_open)
+    precision: str = spec(choices=("auto", "bf16", "fp32"))
+    valid_subset: int | None = spec(min=1, max=N_MNIST_TRAIN - 1, doc="valid images per epoch")
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    k: int = spec(200, min=1, max=10_000_000, doc="importance samples per test image")
-    n_test: int | None = spec(1000, min=1, max=N_MNIST_TEST, doc="test images (null: all)")
-    batch_size: int = spec(50, min=1, max=100000, doc="test images per encoder pass")
-    chunk_size: int = spec(2000, min=1, max=10_000_000, doc="(image, sample) pairs per decoder call")
-    precision: str = spec("auto", choices=("auto", "bf16", "fp32"))
-    probe_train_size: int | None = spec(10000, min=10, max=N_MNIST_TRAIN,
+    k: int = spec(min=1, max=10_000_000, doc="importance samples per test image")
+    n_test: int | None = spec(min=1, max=N_MNIST_TEST, doc="test images (null: all)")
+    batch_size: int = spec(min=1, max=100000, doc="test images per encoder pass")
+    chunk_size: int = spec(min=1, max=10_000_000, doc="(image, sample) pairs per decoder call")
+    precision: str = spec(choices=("auto", "bf16", "fp32"))
+    probe_train_size: int | None = spec(min=10, max=N_MNIST_TRAIN,
                                         doc="training images for the probe and q(z) in the MI")
-    mi_samples: int = spec(10, min=1, max=10000, doc="z draws per image for KL[q(z)||p(z)]")
-    active_unit_threshold: float = spec(0.01, check=_positive)
-    n_show: int = spec(10, min=1, max=100, doc="test digits reconstructed and prior samples drawn")
-    seed: int = spec(0, min=0, max=2**31 - 1)
+    mi_samples: int = spec(min=1, max=10000, doc="z draws per image for KL[q(z)||p(z)]")
+    active_unit_threshold: float = spec(check=_positive)
+    n_show: int = spec(min=1, max=100, doc="test digits reconstructed and prior samples drawn")
+    seed: int = spec(min=0, max=2**31 - 1)
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    collapse_threshold_nats: float = spec(1.0, check=_positive, doc="KL below this: collapsed")
+    collapse_threshold_nats: float = spec(check=_positive, doc="KL below this: collapsed")
 
 
 @dataclass(frozen=True)
@@ -172,7 +177,7 @@ def parse_params(raw: Any, source: str = "params.yaml") -> StudyParams:
         if key not in TOP_LEVEL:
             errors.add(str(key), f"unknown section; allowed: {', '.join(TOP_LEVEL)}")
     sections = {name: build(cls, raw.get(name), name, errors) for name, cls in SECTIONS.items()}
-    seeds = _parse_seeds(raw.get("seeds", [0]), errors)
+    seeds = _parse_seeds(raw.get("seeds"), errors)
     decoders: dict[str, Rung] = {}
     raw_decoders = raw.get("decoders")
     if not isinstance(raw_decoders, dict) or not raw_decoders:

@@ -155,7 +155,7 @@ def train_rung(
         bar.close()
         train_elbo, train_kl, train_rec = (sums / len(train)).tolist()
         v = mean_elbo(model, valid, precision, max(config.batch_size, 256), seed)
-        row = {"epoch": epoch, "train_elbo_nats": train_elbo, "train_kl_nats": train_kl,
+        row = {"epoch": epoch, "images_seen": epoch * len(train), "train_elbo_nats": train_elbo, "train_kl_nats": train_kl,
                "train_rec_nats": train_rec, "valid_elbo_nats": v["elbo"], "valid_kl_nats": v["kl"],
                "valid_rec_nats": v["rec"], "beta": objective.beta(epoch * steps_per_epoch),
                "seconds": time.perf_counter() - t0}

@@ -51,20 +51,23 @@ def test_samples_are_binary_images_with_their_probabilities(family):
     assert ((probs >= 0) & (probs <= 1)).all()
 
 
-@pytest.mark.parametrize("family", sorted(SMALL))
-def test_log_prob_k_equals_log_prob_for_each_sample(family):
+@pytest.mark.parametrize("family, options", [(f, {}) for f in sorted(SMALL)]
+                         + [("pixelcnn", {"z_pathway": "bias"})])
+def test_log_prob_k_equals_log_prob_for_each_sample(family, options):
     """The shared-work K-sample path must give exactly what K separate calls give."""
-    dec = decoder(family)
+    dec = decoder(family, **options)
     x, z = binary_images(4), torch.randn(4, 5, D)  # (B,K,D)
     fast = dec.log_prob_k(x, z)  # (B,K)
     slow = torch.stack([dec.log_prob(x, z[:, k]) for k in range(5)], dim=1)
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-4)
 
 
-@pytest.mark.parametrize("n_layers, gated", [(1, False), (2, False), (4, False), (3, True)])
-def test_pixelcnn_is_causal(n_layers, gated):
+@pytest.mark.parametrize("n_layers, gated, z_pathway",
+                         [(1, False, "spatial"), (2, False, "spatial"), (4, False, "spatial"),
+                          (3, True, "spatial"), (2, False, "bias")])
+def test_pixelcnn_is_causal(n_layers, gated, z_pathway):
     """d logit_i / d x_j = 0 for every pixel j at or after i in raster order (eval mode)."""
-    dec = decoder("pixelcnn", n_layers=n_layers, gated=gated)
+    dec = decoder("pixelcnn", n_layers=n_layers, gated=gated, z_pathway=z_pathway)
     z = torch.randn(1, D)
     for i in (0, 1, 27, 28, 29, 400, 783):  # corners, row starts, the middle, the last pixel
         x = binary_images(1, seed=i).requires_grad_(True)
@@ -85,6 +88,44 @@ def test_pixelcnn_receptive_field_grows_with_depth():
     assert seen(1) < seen(2) < seen(4)
 
 
+@pytest.mark.parametrize("layers", [(3, 1), (5, 1), (7, 1), (7, 3), (3, 4)])
+def test_receptive_field_counts_exactly_the_pixels_a_logit_depends_on(layers):
+    """The power measure equals the pixels with a nonzero gradient, over a few draws of (x, z)
+    so that a ReLU of the head that happens to be off for one draw hides nothing."""
+    first, n_layers = layers
+    dec = decoder("pixelcnn", n_layers=n_layers, first_kernel_size=first, gated=True)
+    seen = torch.zeros(1, 1, 28, 28, dtype=torch.bool)
+    for i in range(8):
+        x = binary_images(1, seed=i).requires_grad_(True)
+        dec.logits(x, torch.randn(1, D)).flatten()[27 * 28 + 14].backward()  # bottom row, centre
+        seen |= x.grad != 0
+    assert int(seen.sum()) == dec.receptive_field
+    assert decoder("conv").receptive_field == 0
+
+
+def test_receptive_field_of_one_masked_layer_is_its_causal_window():
+    assert [decoder("pixelcnn", n_layers=1, first_kernel_size=k).receptive_field
+            for k in (3, 5, 7)] == [4, 12, 24]
+
+
+def test_spatial_pathway_lets_z_vary_across_pixels_and_the_bias_cannot():
+    """On a blank canvas, a bias pathway gives every interior pixel the same logit whatever z;
+    the spatial pathway gives z a map, so logits differ from pixel to pixel."""
+    x, z = torch.zeros(1, 1, 28, 28), torch.randn(1, D)
+    for pathway, varies in (("bias", False), ("spatial", True)):
+        dec = decoder("pixelcnn", n_layers=1, first_kernel_size=3, z_pathway=pathway)
+        with torch.no_grad():
+            interior = dec.logits(x, z)[0, 0, 4:24, 4:24]  # away from padding effects
+        assert bool(interior.std() > 1e-4) is varies, pathway
+
+
+def test_the_spatial_pathway_shares_the_conv_decoders_trunk():
+    dec, conv = decoder("pixelcnn"), decoder("conv")
+    assert type(dec.trunk) is type(conv.trunk)
+    assert decoder("pixelcnn", z_pathway="bias").trunk is None
+    assert decoder("pixelcnn", conditional=False).cond is None
+
+
 def test_unconditional_pixelcnn_ignores_z():
     dec = decoder("pixelcnn", conditional=False)
     x = binary_images(4)
@@ -100,9 +141,10 @@ def test_conditional_pixelcnn_uses_z():
     assert not torch.allclose(dec.log_prob(x, torch.zeros(4, D)), dec.log_prob(x, torch.ones(4, D)))
 
 
-def test_pixelcnn_sampling_is_exact_ancestral_sampling():
+@pytest.mark.parametrize("z_pathway", ["spatial", "bias"])
+def test_pixelcnn_sampling_is_exact_ancestral_sampling(z_pathway):
     """The probability recorded for each pixel is p(x_i = 1 | x_<i, z) of the full model."""
-    dec = decoder("pixelcnn", n_layers=3)
+    dec = decoder("pixelcnn", n_layers=3, z_pathway=z_pathway)
     z = torch.randn(2, D)
     x, probs = dec.sample(z, torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -131,3 +173,4 @@ def test_encoder_kl_matches_torch_distributions():
 def test_pixelcnn_config_defaults_are_the_documented_architecture():
     config = PixelCNNDecoder.Config()
     assert (config.first_kernel_size, config.kernel_size) == (7, 3)
+    assert config.z_pathway == "spatial"

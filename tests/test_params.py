@@ -34,8 +34,11 @@ DELETE = object()
 
 def test_the_checked_in_params_files_are_valid():
     default = load_params(ROOT / "params.yaml")
-    assert list(default.decoders)[:2] == ["linear", "mlp"]
+    assert len(default.seeds) >= 3
     assert default.decoders["pixelcnn_uncond"].decoder.conditional is False
+    spatial = [r for r in default.decoders.values() if r.family == "pixelcnn"
+               and r.decoder.conditional and r.decoder.z_pathway == "spatial"]
+    assert sum(r.decoder.n_layers == 1 for r in spatial) >= 3  # receptive-field-limited rungs
     for profile in sorted((ROOT / "profiles").glob("*.yaml")):
         load_params(profile)
 
@@ -91,11 +94,14 @@ def test_train_subset_and_valid_size_cannot_exceed_mnist():
         parse_params(raw)
 
 
-def test_defaults_fill_missing_options_and_sections():
-    raw = {"decoders": {"p": {"family": "pixelcnn"}}}
+def test_family_options_have_defaults_but_shared_sections_are_defined_only_in_the_file():
+    raw = with_change("decoders", {"p": {"family": "pixelcnn"}})
     params = parse_params(raw)
-    assert params.train.epochs >= 1 and params.seeds == (0,)
     assert params.rung("p").plain()["n_layers"] == 4
+    for path in ("train.epochs", "evaluate.n_test", "evaluate.chunk_size", "train.valid_subset",
+                 "report.collapse_threshold_nats", "seeds"):
+        with pytest.raises(ParamsError, match=f"{path.replace('.', '[.]')}: .*required|{path}: got None"):
+            parse_params(with_change(path, DELETE))
     with pytest.raises(ParamsError, match="'q' is not in params.yaml"):
         params.rung("q")
 

@@ -44,6 +44,8 @@ class FactorizedDecoder(Decoder):
 class LinearDecoder(FactorizedDecoder):
     """Logits affine in z: the weakest rung, a probabilistic PCA for binary pixels."""
 
+    power_rank = 0
+
     @dataclass(frozen=True)
     class Config:
         pass
@@ -59,6 +61,8 @@ class LinearDecoder(FactorizedDecoder):
 @register("mlp")
 class MLPDecoder(FactorizedDecoder):
     """The classic VAE decoder: an MLP from z to 784 logits."""
+
+    power_rank = 1
 
     @dataclass(frozen=True)
     class Config:
@@ -78,17 +82,18 @@ class MLPDecoder(FactorizedDecoder):
         return fp32_layer(self.out, self.net(z)).view(-1, *IMAGE_SHAPE)
 
 
-@register("conv")
-class ConvDecoder(FactorizedDecoder):
-    """z -> 7x7 feature map -> two stride-2 transposed convolutions -> 28x28 logits."""
+class ConvTrunk(nn.Module):
+    """z -> a (C, 28, 28) feature map: a linear layer to (2C, 7, 7), then two stride-2
+    transposed convolutions (7 -> 14 -> 28), ReLU after each (the DCGAN-style decoder body).
 
-    @dataclass(frozen=True)
-    class Config:
-        channels: int = spec(32, min=1, max=1024, doc="channels at 14x14; twice that at 7x7")
+    The factorized `conv` decoder reads its logits off this map; a PixelCNN with the spatial
+    z pathway adds a 1x1 projection of the same map to every masked layer (PixelVAE), so the
+    two families share how z becomes an image-shaped signal.
+    """
 
-    def __init__(self, config: Config, latent_dim: int) -> None:
-        super().__init__(config, latent_dim)
-        c = config.channels
+    def __init__(self, latent_dim: int, channels: int) -> None:
+        super().__init__()
+        c = channels
         self.fc = nn.Sequential(nn.Linear(latent_dim, 2 * c * 7 * 7), nn.ReLU())
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1),  # 7 -> 14
@@ -96,9 +101,28 @@ class ConvDecoder(FactorizedDecoder):
             nn.ConvTranspose2d(c, c, 4, stride=2, padding=1),  # 14 -> 28
             nn.ReLU(),
         )
-        self.out = nn.Conv2d(c, 1, 3, padding=1)
         self.c = c
 
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z: (B,D) -> (B,C,28,28)"""
+        return self.deconv(self.fc(z).view(-1, 2 * self.c, 7, 7))
+
+
+@register("conv")
+class ConvDecoder(FactorizedDecoder):
+    """z -> ConvTrunk -> a 3x3 convolution to 28x28 logits: the PixelCNN of the spatial
+    pathway with no masked layer, hence the strongest factorized rung."""
+
+    power_rank = 2
+
+    @dataclass(frozen=True)
+    class Config:
+        channels: int = spec(32, min=1, max=1024, doc="channels at 28x28; twice that at 7x7")
+
+    def __init__(self, config: Config, latent_dim: int) -> None:
+        super().__init__(config, latent_dim)
+        self.trunk = ConvTrunk(latent_dim, config.channels)
+        self.out = nn.Conv2d(config.channels, 1, 3, padding=1)
+
     def logits_z(self, z):
-        h = self.fc(z).view(-1, 2 * self.c, 7, 7)  # (B,2C,7,7)
-        return fp32_layer(self.out, self.deconv(h))  # (B,1,28,28)
+        return fp32_layer(self.out, self.trunk(z))  # (B,1,28,28)

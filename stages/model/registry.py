@@ -56,6 +56,7 @@ class Decoder(nn.Module):
     family: ClassVar[str]
     Config: ClassVar[type]
     autoregressive: ClassVar[bool] = False
+    power_rank: ClassVar[int]  # among families, weakest first; ties are broken by receptive field
 
     def __init__(self, config: Any, latent_dim: int) -> None:
         super().__init__()
@@ -66,6 +67,12 @@ class Decoder(nn.Module):
     def uses_z(self) -> bool:
         """False for a decoder whose log_prob is the same for every z (the decoder alone)."""
         return True
+
+    @property
+    def receptive_field(self) -> int:
+        """Causal receptive field: how many other pixels one pixel's distribution can depend
+        on given z. 0 for a factorized decoder; the decoder-power measure of the ladder."""
+        return 0
 
     def logits(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Bernoulli logits of every pixel.  x: (B,1,28,28), z: (B,D) -> (B,1,28,28)"""

@@ -22,8 +22,8 @@ LOG_2PI = math.log(2 * math.pi)
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    latent_dim: int = spec(32, min=1, max=1024)
-    hidden: tuple[int, ...] = spec((500, 500), min=1, max=8192, doc="MLP widths of q(z|x)")
+    latent_dim: int = spec(min=1, max=1024)
+    hidden: tuple[int, ...] = spec(min=1, max=8192, doc="MLP widths of q(z|x)")
 
 
 class GaussianEncoder(nn.Module):
