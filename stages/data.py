@@ -35,6 +35,10 @@ class Split:
     def head(self, n: int | None) -> Split:
         return self if n is None or n >= len(self) else Split(self.x[:n], self.labels[:n], self.dynamic)
 
+    def subset(self, indices: torch.Tensor) -> Split:
+        """The images and labels at `indices` (int64), in that order."""
+        return Split(self.x[indices], self.labels[indices], self.dynamic)
+
 
 def _unpack(bits: np.ndarray) -> torch.Tensor:
     x = np.unpackbits(bits, axis=1, count=784).reshape(-1, 1, 28, 28)  # (N,1,28,28) uint8

@@ -7,12 +7,14 @@
   image; samples are drawn and scored in chunks of at most `chunk_size` (image, sample)
   pairs with a running logsumexp, so memory does not grow with K. Estimates at nested
   K' <= K (the first K' of the same draws) come for free.
-- `mutual_information`: I_q(x; z) = E_x KL[q(z|x) || p(z)] - KL[q(z) || p(z)], the first
-  term in closed form, the second by sampling z ~ q(z) from the aggregate posterior
-  q(z) = mean_m q(z|x_m)
-  over a large set of images (Hoffman & Johnson 2016; He et al. 2019): a mixture of M
-  posteriors caps the estimate at log M, so a minibatch mixture would cap it at log(batch
-  size); the evaluate stage uses the test images plus the probe's training images.
+- `mutual_information`: I_q(x; z) = E_x KL[q(z|x) || p(z)] - KL[q(z) || p(z)]
+                                  = E_x E_{q(z|x)} [log q(z|x) - log q(z)]
+  with the aggregate posterior q(z) = mean_m q(z|x_m) over a large set of M images (Hoffman &
+  Johnson 2016; He et al. 2019), estimated by sampling z ~ q(z|x). When the scored images'
+  posteriors are among the M components, q(z) >= q(z|x)/M, so every sample's
+  log q(z|x) - log q(z) is at most log M and so is the estimate (`mi_cap`): a minibatch
+  mixture would cap it at log(batch size). The evaluate stage uses the test images plus the
+  probe's training images, and reports the cap beside the estimate.
 - `active_units`: latent dimensions u with Cov_x(E_q[z_u]) above a threshold (Burda et al.
   2016, Sec. 5.2, threshold 0.01).
 
@@ -94,39 +96,66 @@ def iw_log_likelihood(model: VAE, x: torch.Tensor, k: int, chunk_size: int,
                       mu, logvar)
 
 
-@torch.no_grad()
-def log_aggregate_posterior(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                            chunk: int = 4096) -> torch.Tensor:
-    """log q(z) = logsumexp_m log N(z; mu_m, var_m) - log M, q(z) the mixture of M posteriors.
+MIXTURE_CHUNK_ELEMENTS = 2**24  # entries of one (chunk, M) fp64 matrix: 128 MiB
 
-    z: (S,D); mu, logvar: (M,D) -> (S,). The squared distances are expanded into fp64
-    matrix products, so cost is S*M*D multiply-adds without an (S,M,D) tensor.
+
+def mixture_chunk(m: int) -> int:
+    """Rows z per step so that the (chunk, M) fp64 matrices of log q(z) stay at 128 MiB each."""
+    return max(1, MIXTURE_CHUNK_ELEMENTS // m)
+
+
+@torch.no_grad()
+def log_mixture_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                        chunk: int | None = None) -> torch.Tensor:
+    """log q(z) = logsumexp_m log N(z; mu_m, var_m) - log M in fp64.  z: (S,D); mu, logvar: (M,D) -> (S,)
+
+    The squared distances are expanded into fp64 matrix products, so cost is S*M*D
+    multiply-adds without an (S,M,D) tensor, and memory is a few (chunk, M) matrices, the
+    chunk of z rows chosen from M (`mixture_chunk`) unless given.
     """
     mu, logvar, z = mu.double(), logvar.double(), z.double()
+    m = mu.shape[0]
     inv_var = torch.exp(-logvar)  # (M,D)
+    scaled_mu_t = (mu * inv_var).T  # (D,M)
     const = -0.5 * (mu.shape[1] * LOG_2PI + logvar.sum(1) + (mu.pow(2) * inv_var).sum(1))  # (M,)
     out = []
-    for zc in z.split(chunk):
-        quad = zc.pow(2) @ inv_var.T - 2.0 * zc @ (mu * inv_var).T  # (S',M)
-        out.append(torch.logsumexp(const - 0.5 * quad, dim=1) - math.log(mu.shape[0]))
-    return torch.cat(out).float()
+    for zc in z.split(chunk or mixture_chunk(m)):
+        log_n = zc.pow(2) @ inv_var.T  # (S',M) sum_d z_d^2 / var_md
+        log_n.addmm_(zc, scaled_mu_t, alpha=-2.0).mul_(-0.5).add_(const)  # (S',M) log N(z; mu_m, var_m)
+        out.append(torch.logsumexp(log_n, dim=1) - math.log(m))  # (S',)
+    return torch.cat(out)
+
+
+def log_aggregate_posterior(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+                            chunk: int | None = None) -> torch.Tensor:
+    """`log_mixture_density` in fp32.  z: (S,D); mu, logvar: (M,D) -> (S,)"""
+    return log_mixture_density(z, mu, logvar, chunk).float()
+
+
+def mi_cap(m: int) -> float:
+    """log M: the most `mutual_information` can report with a mixture of M posteriors."""
+    return math.log(m)
 
 
 @torch.no_grad()
 def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, n_samples: int = 10,
                        generator: torch.Generator | None = None,
                        mixture: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
-    """I_q(x; z) = E_x KL[q(z|x) || p(z)] - KL[q(z) || p(z)] in nats, over the images whose
+    """I_q(x; z) = E_x E_{q(z|x)} [log q(z|x) - log q(z)] in nats, over the images whose
     posteriors are (mu, logvar) (N,D), with q(z) the mixture of the `mixture` posteriors
-    (M,D) (default: the same N). The first term is exact; the second is a Monte Carlo mean of
-    log q(z) - log p(z), z ~ q(z), whose noise vanishes as q(z) -> p(z), so a collapsed
-    posterior gives MI ~ 0 rather than noise. The estimate cannot exceed log M."""
+    (M,D) (default: the same N), which should include these N.
+
+    Each image draws `n_samples` z ~ q(z|x). Every term is at most log M (q(z) >= q(z|x)/M),
+    so the estimate never exceeds `mi_cap(M)`, and every term is exactly 0 when all
+    posteriors are equal, so a collapsed posterior gives MI = 0 rather than noise.
+    """
     n, d = mu.shape
     mix_mu, mix_logvar = mixture if mixture is not None else (mu, logvar)
-    kl = gaussian_kl_per_dim(mu, logvar).sum(1)  # (N,) KL[q(z|x) || p(z)], exact
-    z = reparameterize(mu, logvar, n_samples, generator).reshape(n * n_samples, d)  # (N*S,D)
-    log_ratio = log_aggregate_posterior(z, mix_mu, mix_logvar) - log_standard_normal(z)  # (N*S,)
-    return float(kl.double().mean() - log_ratio.double().mean())
+    mu, logvar = mu.double(), logvar.double()
+    z = reparameterize(mu, logvar, n_samples, generator)  # (N,S,D)
+    log_q_z_x = log_normal(z, mu[:, None], logvar[:, None])  # (N,S) log q(z|x)
+    log_q_z = log_mixture_density(z.reshape(n * n_samples, d), mix_mu, mix_logvar)  # (N*S,)
+    return float((log_q_z_x.reshape(-1) - log_q_z).mean())
 
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> tuple[int, torch.Tensor]:

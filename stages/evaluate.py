@@ -1,10 +1,18 @@
 """Stage `evaluate@<decoder>-<seed>`: log p(x) by importance weighting, and collapse metrics.
 
-On the first `n_test` test images: the K-sample IW estimate of -log p(x) with its standard
-error and its convergence in K, the ELBO split into reconstruction and KL, the bound gap,
-the mutual information I_q(x; z), active units, the linear-probe accuracy on posterior
-means (see `stages.estimators`, `stages.probe`), the KL per latent dimension, and
-reconstructions and prior samples for the report.
+On a random subset of `n_test` test images, drawn with `evaluate.seed` alone (`test_subset`),
+so every rung and every training seed is scored on the same images and per-image
+differences can be paired: the K-sample IW estimate of -log p(x) with its standard error
+and its convergence in K, the ELBO split into reconstruction and KL, the bound gap, the
+mutual information I_q(x; z) with its cap log M (M posteriors in the aggregate q(z)),
+active units, the linear-probe accuracy on sampled codes z ~ q(z|x) (see
+`stages.estimators`, `stages.probe`), the KL per latent dimension, and reconstructions and
+prior samples for the report.
+
+Outputs: the metrics JSON, and in the eval folder k_curve.csv, latent_dims.csv,
+per_image.csv (test_index into the full test split, the IW estimate log p^_K(x) and the
+ELBO of each image: their means are -nll_iw_nats and -nll_elbo_nats), images.npz and
+info.json.
 """
 
 from __future__ import annotations
@@ -22,15 +30,15 @@ from tqdm import tqdm
 from stages.checkpoint import load_model
 from stages.data import Split, load_splits
 from stages.errors import DataError
-from stages.estimators import active_units, iw_log_likelihood, k_checkpoints, mutual_information
+from stages.estimators import active_units, iw_log_likelihood, k_checkpoints, mi_cap, mutual_information
 from stages.fsutil import ensure_writable_dir, write_csv, write_json, write_npz
 from stages.layout import Layout
 from stages.model import VAE
 from stages.params import EvaluateConfig, StudyParams
-from stages.probe import probe_accuracy
+from stages.probe import sampled_probe_accuracy
 from stages.runtime import Precision, derive_seed, generator, resolve_device, resolve_precision
 
-PROBE_STREAM, MI_STREAM, SAMPLE_STREAM = 1, 2, 3
+PROBE_STREAM, MI_STREAM, SAMPLE_STREAM, SUBSET_STREAM = 1, 2, 3, 4
 
 
 @dataclass
@@ -40,6 +48,18 @@ class Evaluation:
     per_dim: pd.DataFrame  # dim, kl_nats, posterior_mean_variance, active
     images: dict[str, np.ndarray]  # x, recon, recon_probs, samples, sample_probs: (n,28,28)
     info: dict[str, Any]
+    per_image: pd.DataFrame  # test_index, log_px_iw_nats, elbo_nats
+
+
+def test_subset(n_total: int, n_test: int | None, seed: int) -> torch.Tensor:
+    """Sorted indices (int64) of `n_test` of `n_total` test images, drawn uniformly without
+    replacement from the evaluate seed alone; all of them when n_test is None.  -> (n_test,)"""
+    if n_test is None:
+        return torch.arange(n_total)
+    if n_test > n_total:
+        raise DataError(f"evaluate.n_test: {n_test}, but the test split has only {n_total} images")
+    order = torch.randperm(n_total, generator=generator(derive_seed(seed, SUBSET_STREAM)))  # (n_total,)
+    return order[:n_test].sort().values
 
 
 @torch.no_grad()
@@ -62,8 +82,10 @@ def stderr(values: torch.Tensor) -> float:
 @torch.no_grad()
 def evaluate_model(model: VAE, test: Split, train: Split, config: EvaluateConfig,
                    precision: Precision, progress: bool = True) -> Evaluation:
-    """Every metric of one trained model on `test` (already cut to n_test images)."""
+    """Every metric of one trained model on the `test_subset` of the whole test split `test`."""
     t0 = time.perf_counter()
+    test_index = test_subset(len(test), config.n_test, config.seed)  # (N,)
+    test = test.subset(test_index)
     model = precision.model(model).eval()
     device = precision.device
     g_iw = generator(derive_seed(config.seed), device)
@@ -88,10 +110,11 @@ def evaluate_model(model: VAE, test: Split, train: Split, config: EvaluateConfig
     elbo = log_px_z_t - kl  # (N,)
 
     n_active, mean_variance = active_units(mu, config.active_unit_threshold)
-    probe_train = train.head(config.probe_train_size)
-    mu_train, logvar_train = posteriors(model, probe_train, precision, 500,
-                                        generator(derive_seed(config.seed, PROBE_STREAM)))
-    accuracy = probe_accuracy(mu_train, probe_train.labels, mu, test.labels)
+    probe_train = train.head(config.probe_train_size)  # None: every training image
+    g_probe = generator(derive_seed(config.seed, PROBE_STREAM))  # dynamic pixels, then z draws
+    mu_train, logvar_train = posteriors(model, probe_train, precision, 500, g_probe)  # (N_train,D)
+    accuracy = sampled_probe_accuracy(mu_train, logvar_train, probe_train.labels, mu, logvar, test.labels,
+                                      g_probe, generator(derive_seed(config.seed, PROBE_STREAM, 1)))
     mixture = (torch.cat([mu, mu_train]), torch.cat([logvar, logvar_train]))  # q(z): M = N + N_train
     mi = mutual_information(mu, logvar, config.mi_samples,
                             generator(derive_seed(config.seed, MI_STREAM)), mixture)
@@ -107,6 +130,7 @@ def evaluate_model(model: VAE, test: Split, train: Split, config: EvaluateConfig
         "rec_nats": float(-log_px_z_t.double().mean()),
         "bound_gap_nats": float((log_px_t - elbo).double().mean()),
         "mi_nats": mi,
+        "mi_cap_nats": mi_cap(len(mixture[0])),
         "active_units": n_active,
         "probe_accuracy": accuracy,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -122,16 +146,22 @@ def evaluate_model(model: VAE, test: Split, train: Split, config: EvaluateConfig
         "posterior_mean_variance": mean_variance.numpy(),
         "active": (mean_variance > config.active_unit_threshold).numpy(),
     })
+    per_image = pd.DataFrame({
+        "test_index": test_index.numpy(),
+        "log_px_iw_nats": log_px_t.double().numpy(),
+        "elbo_nats": elbo.double().numpy(),
+    })
     info = {"precision": precision.name, "device": str(device), "family": model.decoder.family,
             "uses_z": model.decoder.uses_z, "n_params": sum(p.numel() for p in model.parameters())}
-    return Evaluation(metrics, k_curve, per_dim, images, info)
+    return Evaluation(metrics, k_curve, per_dim, images, info, per_image)
 
 
 @torch.no_grad()
 def show_images(model: VAE, test: Split, config: EvaluateConfig,
                 precision: Precision) -> dict[str, np.ndarray]:
-    """Reconstructions x ~ p(x | z = E_q[z|x]) of the first n_show test digits, and samples
-    x ~ p(x|z), z ~ p(z); each with the Bernoulli probabilities the pixels were drawn from."""
+    """Reconstructions x ~ p(x | z = E_q[z|x]) of the first n_show digits of the scored test
+    subset `test`, and samples x ~ p(x|z), z ~ p(z); each with the Bernoulli probabilities
+    the pixels were drawn from."""
     g = generator(derive_seed(config.seed, SAMPLE_STREAM), precision.device)
     x = precision.batch(test.images(slice(0, config.n_show)))
     n = len(x)
@@ -157,23 +187,22 @@ def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: 
     ensure_writable_dir(eval_dir)
     model, _, state = load_model(layout.model(decoder, seed), rung, params.encoder)
     splits = load_splits(layout.binarized)
-    if config.n_test is not None and config.n_test > len(splits["test"]):
-        raise DataError(f"evaluate.n_test: {config.n_test}, but the test split has only "
-                        f"{len(splits['test'])} images")
-    test = splits["test"].head(config.n_test)
+    n_test = len(test_subset(len(splits["test"]), config.n_test, config.seed))  # DataError if too many
     precision = resolve_precision(config.precision, resolve_device())
-    print(f"evaluate {decoder} seed {seed}: K={config.k} on {len(test)} test images, "
-          f"{precision.device} ({precision.name})", flush=True)
-    result = evaluate_model(model, test, splits["train"], config, precision, progress)
+    print(f"evaluate {decoder} seed {seed}: K={config.k} on {n_test} random test images "
+          f"(evaluate.seed {config.seed}), {precision.device} ({precision.name})", flush=True)
+    result = evaluate_model(model, splits["test"], splits["train"], config, precision, progress)
     info = {**result.info, "seed": seed, "best_epoch": state["epoch"],
             "valid_elbo_nats": state["valid_elbo_nats"], "valid_kl_nats": state["valid_kl_nats"]}
     write_csv(layout.k_curve(decoder, seed), result.k_curve)
     write_csv(layout.latent_dims(decoder, seed), result.per_dim)
+    write_csv(layout.per_image(decoder, seed), result.per_image)
     write_npz(layout.eval_images(decoder, seed), result.images)
     write_json(layout.eval_info(decoder, seed), info)
     write_json(metrics_path, result.metrics)
     m = result.metrics
     print(f"{decoder} s{seed}: NLL_IW {m['nll_iw_nats']:.2f} +- {m['nll_iw_stderr_nats']:.2f}, "
-          f"-ELBO {m['nll_elbo_nats']:.2f}, KL {m['kl_nats']:.2f}, MI {m['mi_nats']:.2f} nats, "
+          f"-ELBO {m['nll_elbo_nats']:.2f}, KL {m['kl_nats']:.2f}, MI {m['mi_nats']:.2f} "
+          f"(cap {m['mi_cap_nats']:.2f}) nats, "
           f"AU {m['active_units']}, probe {m['probe_accuracy']:.3f} ({m['seconds']:.0f}s)")
     return result.metrics

@@ -49,6 +49,10 @@ class Layout:
     def eval_info(self, rung: str, seed: int) -> Path:
         return self.eval_dir(rung, seed) / "info.json"
 
+    def per_image(self, rung: str, seed: int) -> Path:
+        """test_index, log_px_iw_nats, elbo_nats: one row per scored test image."""
+        return self.eval_dir(rung, seed) / "per_image.csv"
+
     def scratch(self, rung: str, seed: int) -> Path:
         """Resume state of an unfinished training run: outside DVC's outputs, git-ignored."""
         return self.root / f".scratch/train/{rung}-seed{seed}.pt"

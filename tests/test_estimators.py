@@ -8,13 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from stages.estimators import (active_units, iw_log_likelihood, k_checkpoints,
-                               log_aggregate_posterior, mutual_information)
+from stages.estimators import (MIXTURE_CHUNK_ELEMENTS, active_units, iw_log_likelihood, k_checkpoints,
+                               log_aggregate_posterior, mi_cap, mixture_chunk, mutual_information)
 from stages.model import VAE, EncoderConfig, GaussianEncoder, build_decoder
 from stages.model.factorized import LinearDecoder
 from stages.model.pixelcnn import PixelCNNDecoder
 from stages.model.vae import log_normal
-from stages.probe import probe_accuracy
+from stages.probe import probe_accuracy, sampled_probe_accuracy
 
 
 def encoder_with_fixed_posterior(latent_dim: int, mu: float, logvar: float) -> GaussianEncoder:
@@ -149,6 +149,38 @@ def test_aggregate_posterior_density_matches_the_direct_mixture():
                                rtol=1e-5, atol=1e-3)
 
 
+def test_aggregate_posterior_of_fifty_thousand_posteriors_is_chunked_to_a_bounded_matrix():
+    m = 50_000
+    assert mixture_chunk(m) * m * 8 <= 256 * 2**20  # one (chunk, M) fp64 matrix: <= 256 MiB
+    assert mixture_chunk(m) * m <= MIXTURE_CHUNK_ELEMENTS < (mixture_chunk(m) + 1) * m
+    assert mixture_chunk(10**9) == 1  # never zero rows
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(m, 2), torch.randn(m, 2) * 0.3 - 1
+    z = torch.randn(3 * mixture_chunk(m) + 5, 2)  # four chunks of the default size
+    got = log_aggregate_posterior(z, mu, logvar)  # (S,)
+    for rows in (slice(0, 3), slice(-3, None)):  # the first and the last chunk, against the direct sum
+        direct = torch.logsumexp(log_normal(z[rows, None].double(), mu[None].double(),
+                                            logvar[None].double()), dim=1) - math.log(m)
+        torch.testing.assert_close(got[rows].double(), direct, rtol=1e-6, atol=1e-5)
+
+
+def test_mutual_information_never_exceeds_its_cap_log_m():
+    """20 well-separated, narrow posteriors: I_q(x; z) ~ 8 * 0.5 * log(25 / e^-6) >> log 20,
+    but a mixture of M = 20 can tell at most 20 images apart."""
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(20, 8) * 5, torch.full((20, 8), -6.0)
+    kl = float((0.5 * (mu**2 + logvar.exp() - 1 - logvar)).sum(1).mean())
+    assert kl > 10 * mi_cap(20)  # the first term alone is far above the cap
+    for seed in range(20):
+        mi = mutual_information(mu, logvar, 50, g(seed))
+        assert mi <= mi_cap(20) + 1e-9, (seed, mi)
+        assert mi > mi_cap(20) - 1e-3  # and saturates it: the posteriors do not overlap
+    big = torch.cat([mu, torch.randn(180, 8) * 5])  # the same 20 images inside a mixture of 200
+    mi = mutual_information(mu, logvar, 50, g(), (big, torch.full((200, 8), -6.0)))
+    assert mi_cap(20) + 1 < mi <= mi_cap(200) + 1e-9
+    assert mi_cap(200) == pytest.approx(math.log(200))
+
+
 def test_mutual_information_is_between_zero_and_kl():
     torch.manual_seed(0)
     mu, logvar = torch.randn(2000, 4) * 1.5, torch.full((2000, 4), -2.0)
@@ -185,3 +217,31 @@ def test_probe_accuracy_is_high_for_informative_codes_and_chance_for_noise():
     noise = torch.randn(3000, 8)
     assert probe_accuracy(informative[:2000], labels[:2000], informative[2000:], labels[2000:]) > 0.9
     assert probe_accuracy(noise[:2000], labels[:2000], noise[2000:], labels[2000:]) < 0.2
+
+
+def test_probe_on_sampled_z_is_at_chance_when_the_means_carry_information_but_the_noise_drowns_it():
+    """q(z|x) = N(0.02 * code(y) + jitter, I): the means separate the digits, z ~ q(z|x) does not."""
+    torch.manual_seed(0)
+    labels = torch.randint(0, 10, (3000,))
+    codes = torch.randn(10, 8) * 3
+    mu = 0.02 * (codes[labels] + 0.1 * torch.randn(3000, 8))  # (N,8): informative, but tiny
+    logvar = torch.zeros(3000, 8)  # posterior std 1, ~50 times the spread of the means
+    tr, te = slice(0, 2000), slice(2000, None)
+    assert probe_accuracy(mu[tr], labels[tr], mu[te], labels[te]) > 0.9  # what the old metric saw
+    sampled = sampled_probe_accuracy(mu[tr], logvar[tr], labels[tr], mu[te], logvar[te], labels[te],
+                                     g(1), g(2))
+    assert sampled < 0.2
+
+
+def test_probe_on_sampled_z_sees_the_digit_when_the_posterior_is_narrow():
+    torch.manual_seed(0)
+    labels = torch.randint(0, 10, (3000,))
+    mu = (torch.randn(10, 8) * 3)[labels]  # (N,8)
+    logvar = torch.full((3000, 8), math.log(0.25))  # std 0.5: z still codes the digit
+    tr, te = slice(0, 2000), slice(2000, None)
+    accuracy = sampled_probe_accuracy(mu[tr], logvar[tr], labels[tr], mu[te], logvar[te], labels[te],
+                                      g(1), g(2))
+    assert accuracy > 0.9
+    again = sampled_probe_accuracy(mu[tr], logvar[tr], labels[tr], mu[te], logvar[te], labels[te],
+                                   g(1), g(2))
+    assert again == accuracy  # seeded draws: the same accuracy every time

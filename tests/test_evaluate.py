@@ -1,26 +1,31 @@
-"""The evaluate stage on a tiny trained study: metrics, bad inputs, unsafe checkpoints, bf16."""
+"""The evaluate stage on a tiny trained study: metrics, the shared random test subset,
+per-image estimates, the MI cap, bad inputs, unsafe checkpoints, bf16."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import pickle
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 from helpers import TINY_PARAMS, build_tiny_study, run_stage
 
-from stages import evaluate
-from stages.checkpoint import load_checkpoint
+from stages import evaluate, train
+from stages.checkpoint import load_checkpoint, load_model
 from stages.data import load_splits
-from stages.errors import CheckpointError
+from stages.errors import CheckpointError, DataError
 from stages.runtime import Precision
 
 METRIC_KEYS = {"nll_iw_nats", "nll_iw_stderr_nats", "iw_k", "n_test", "nll_elbo_nats", "kl_nats",
-               "rec_nats", "bound_gap_nats", "mi_nats", "active_units", "probe_accuracy", "seconds"}
+               "rec_nats", "bound_gap_nats", "mi_nats", "mi_cap_nats", "active_units", "probe_accuracy",
+               "seconds"}
+PER_IMAGE_COLUMNS = ["test_index", "log_px_iw_nats", "elbo_nats"]
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +46,13 @@ def test_evaluate_writes_every_metric_and_artifact(study):
     assert metrics["bound_gap_nats"] >= 0
     assert metrics["nll_elbo_nats"] == pytest.approx(metrics["kl_nats"] + metrics["rec_nats"], abs=1e-3)
     assert 0 <= metrics["active_units"] <= 4 and 0 <= metrics["probe_accuracy"] <= 1
+    assert metrics["mi_nats"] <= metrics["mi_cap_nats"] + 1e-9
     out = layout.eval_dir("pixelcnn_2", 0)
     curve = pd.read_csv(out / "k_curve.csv")
     assert list(curve.k) == [1, 8]
     assert curve.nll_iw_nats.iloc[-1] == pytest.approx(metrics["nll_iw_nats"])
     dims = pd.read_csv(out / "latent_dims.csv")
     assert len(dims) == 4 and dims.kl_nats.sum() == pytest.approx(metrics["kl_nats"], rel=1e-4)
-    import numpy as np
-
     images = np.load(out / "images.npz")
     assert images["recon"].shape == images["samples"].shape == (3, 28, 28)
     info = json.loads((out / "info.json").read_text())
@@ -61,6 +65,77 @@ def test_evaluate_is_deterministic(study):
     second = evaluate.run(params, "linear", 0, layout, progress=False)
     assert {k: v for k, v in first.items() if k != "seconds"} == \
            {k: v for k, v in second.items() if k != "seconds"}
+
+
+def test_test_subset_is_sorted_seeded_and_random():
+    first = evaluate.test_subset(10_000, 1000, 0)
+    assert first.dtype == torch.int64 and first.shape == (1000,)
+    assert torch.equal(first, first.sort().values) and len(first.unique()) == 1000
+    assert 0 <= int(first.min()) and int(first.max()) < 10_000
+    assert int(first.max()) > 9000  # not the first 1000 (the cleaner half of MNIST's test set)
+    assert torch.equal(first, evaluate.test_subset(10_000, 1000, 0))
+    assert not torch.equal(first, evaluate.test_subset(10_000, 1000, 1))
+    assert torch.equal(evaluate.test_subset(10_000, None, 0), torch.arange(10_000))
+    with pytest.raises(DataError, match="the test split has only 10000 images"):
+        evaluate.test_subset(10_000, 10_001, 0)
+
+
+def test_evaluation_scores_a_seeded_random_test_subset_shared_by_every_rung(study):
+    root, params, layout = study
+    train.run(params, "linear", 1, layout, progress=False)  # a second training seed
+    runs = [("linear", 0), ("linear", 1), ("pixelcnn_2", 0)]
+    for rung, seed in runs:
+        evaluate.run(params, rung, seed, layout, progress=False)
+    index = {run: pd.read_csv(layout.per_image(*run)).test_index.to_numpy() for run in runs}
+    expected = evaluate.test_subset(200, 40, params.evaluate.seed).numpy()
+    for run in runs:
+        assert list(index[run]) == list(expected), run  # the same 40 images for every rung and seed
+    assert list(expected) != list(range(40)) and expected.max() >= 100  # not the first n_test
+    splits = load_splits(layout.binarized)
+    shown = np.load(layout.eval_images("linear", 1))["x"]  # (n_show,28,28)
+    assert (shown == splits["test"].x[expected[:3], 0].numpy()).all()  # the subset's first images
+
+    other_seed = dataclasses.replace(params.evaluate, seed=1)
+    result = evaluate.evaluate_model(load_model(layout.model("linear", 0))[0], splits["test"],
+                                     splits["train"], other_seed, Precision(torch.device("cpu"), None),
+                                     progress=False)
+    moved = result.per_image.test_index.to_numpy()
+    assert len(moved) == 40 and list(moved) != list(expected)  # evaluate.seed picks the images
+
+
+def test_per_image_estimates_average_to_the_reported_metrics(study):
+    root, params, layout = study
+    metrics = evaluate.run(params, "pixelcnn_2", 0, layout, progress=False)
+    per_image = pd.read_csv(layout.per_image("pixelcnn_2", 0))
+    assert list(per_image.columns) == PER_IMAGE_COLUMNS and len(per_image) == metrics["n_test"]
+    assert per_image.test_index.dtype.kind == "i"
+    assert per_image.log_px_iw_nats.mean() == pytest.approx(-metrics["nll_iw_nats"], abs=1e-5)
+    assert per_image.elbo_nats.mean() == pytest.approx(-metrics["nll_elbo_nats"], abs=1e-5)
+    stderr = per_image.log_px_iw_nats.std(ddof=1) / math.sqrt(len(per_image))
+    assert stderr == pytest.approx(metrics["nll_iw_stderr_nats"], rel=1e-4)
+    assert per_image.log_px_iw_nats.std() > 0.1  # one value per image, not the mean repeated
+
+
+def test_the_mi_cap_is_log_of_the_mixture_size_and_probe_train_size_null_means_every_image(study):
+    root, params, layout = study
+    metrics = evaluate.run(params, "linear", 0, layout, progress=False)
+    n_probe_train = params.evaluate.probe_train_size
+    assert metrics["mi_cap_nats"] == pytest.approx(math.log(metrics["n_test"] + n_probe_train), abs=1e-12)
+    assert metrics["mi_nats"] <= metrics["mi_cap_nats"] + 1e-9
+    splits = load_splits(layout.binarized)
+    every = dataclasses.replace(params.evaluate, probe_train_size=None)
+    result = evaluate.evaluate_model(load_model(layout.model("linear", 0))[0], splits["test"],
+                                     splits["train"], every, Precision(torch.device("cpu"), None),
+                                     progress=False)
+    assert len(splits["train"]) == 500  # 600 synthetic training images less 100 for validation
+    assert result.metrics["mi_cap_nats"] == pytest.approx(math.log(40 + 500), abs=1e-12)
+
+
+def test_n_test_beyond_the_test_split_is_a_clear_error(study):
+    root, params, layout = study
+    too_many = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, n_test=201))
+    with pytest.raises(DataError, match="evaluate.n_test: 201, but the test split has only 200 images"):
+        evaluate.run(too_many, "linear", 0, layout, progress=False)
 
 
 def test_a_missing_checkpoint_is_a_clear_error(study):
@@ -114,14 +189,11 @@ def test_bf16_evaluation_agrees_with_fp32_within_five_hundredths_of_a_nat(study)
     """The reduced-precision path (bf16 autocast, channels_last) against plain fp32."""
     root, params, layout = study
     splits = load_splits(layout.binarized)
-    test = splits["test"].head(40)
     config = dataclasses.replace(params.evaluate, k=50, n_show=1)
     nll = {}
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        from stages.checkpoint import load_model
-
         model, _, _ = load_model(layout.model("pixelcnn_2", 0))
-        result = evaluate.evaluate_model(model, test, splits["train"], config,
+        result = evaluate.evaluate_model(model, splits["test"], splits["train"], config,
                                          Precision(torch.device("cpu"), dtype), progress=False)
         nll[name] = result.metrics["nll_iw_nats"]
     assert abs(nll["bf16"] - nll["fp32"]) < 0.05, nll
