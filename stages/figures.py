@@ -1,8 +1,8 @@
 """The report's figures: one function per figure, plain data in, a matplotlib Figure out.
 
-- `headline`: KL[q(z|x)||p(z)] and -log p(x) (IW, Burda et al. 2016) along the decoder ladder,
-  with the decoder-alone baseline's -log p(x) as the reference a collapsed VAE should reach;
-- `kl_training`: validation KL per epoch;
+- `headline`: KL[q(z|x)||p(z)] and -log p(x) (IW, Burda et al. 2016) along the decoder-power
+  axis, with the decoder-alone baseline's -log p(x) as the reference a collapsed VAE should reach;
+- `kl_training`: validation KL and ELBO against training images seen;
 - `rate_distortion`: rate R = KL against distortion D = -E_q log p(x|z), with isolines of
   constant -ELBO = R + D (Alemi et al. 2018, Fig. 1);
 - `k_convergence`: the IW estimate against the number of importance samples K;
@@ -45,14 +45,14 @@ BASELINE_COLOR = "0.45"
 DPI = 110
 
 
-def rung_styles(names: list[str], baseline: set[str]) -> dict[str, dict]:
-    """Line style per rung: rungs whose decoder sees z get a color from light (weak) to dark
-    (strong) along the ladder; decoder-alone baselines are grey and dashed."""
+def rung_styles(names: list[str], side: set[str]) -> dict[str, dict]:
+    """Line style per rung: trend rungs get a color from light (weak) to dark (strong) along
+    the power axis; side rungs (bias pathway, mitigated, no z) are grey and dashed."""
     cmap = matplotlib.colormaps["plasma"]
-    ladder = [n for n in names if n not in baseline]
+    ladder = [n for n in names if n not in side]
     shades = np.linspace(0.8, 0.0, len(ladder)) if len(ladder) > 1 else [0.4]
     styles = {n: {"color": cmap(v), "ls": "-", "marker": "o"} for n, v in zip(ladder, shades)}
-    styles.update({n: {"color": BASELINE_COLOR, "ls": "--", "marker": "s"} for n in baseline})
+    styles.update({n: {"color": BASELINE_COLOR, "ls": "--", "marker": "s"} for n in side})
     return {n: styles[n] for n in names}
 
 
@@ -69,99 +69,100 @@ def save(fig: Figure, directory: str | Path, name: str) -> list[Path]:
     return paths
 
 
-def _rung_axis(ax, names: list[str]) -> None:
-    ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 4 else 0,
-                  ha="right" if len(names) > 4 else "center")
-    ax.set_xlim(-0.5, len(names) - 0.5)
+def _rung_axis(ax, labels: list[str]) -> None:
+    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0,
+                  ha="right" if len(labels) > 4 else "center", fontsize=8)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
 
 
 def headline(results: pd.DataFrame, threshold: float) -> Figure:
-    """KL and NLL_IW (nats) per rung, in ladder order.
+    """KL and NLL_IW (nats) per rung, along the power axis (results are in power order).
 
-    results: one row per rung with rung, uses_z, collapsed, kl_nats, kl_nats_std,
+    results: one row per rung with rung, role, receptive_field, kl_nats, kl_nats_std,
     nll_iw_nats, nll_iw_nats_std, nll_iw_stderr_nats, n_seeds. Error bars: std over seeds
-    when n_seeds > 1, else the standard error over test images (of NLL_IW; none for KL).
+    (none for one seed, where NLL_IW shows its standard error over test images). The trend
+    rungs are joined by a line; side rungs (role other than "trend") are grey squares.
     """
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(7.5, 6.2), layout="constrained")
+        fig = Figure(figsize=(8.5, 6.6), layout="constrained")
         ax_kl, ax_nll = fig.subplots(2, 1, sharex=True)
-        names = list(results["rung"])
-        x = np.arange(len(names))
+        labels = [f"{r.rung}\n(rf {r.receptive_field})" for r in results.itertuples()]
+        x = np.arange(len(results))
         several = bool((results["n_seeds"] > 1).any())
+        kl, nll = results["kl_nats"].to_numpy(float), results["nll_iw_nats"].to_numpy(float)
         kl_err = results["kl_nats_std"].fillna(0).to_numpy() if several else None
         nll_err = (results["nll_iw_nats_std"].fillna(0) if several
                    else results["nll_iw_stderr_nats"]).to_numpy()
-        uses_z = results["uses_z"].to_numpy(bool)
-        collapsed = results["collapsed"].to_numpy(bool)
+        trend = (results["role"] == "trend").to_numpy(bool)
+        has_z = (results["role"] != "no z").to_numpy(bool)
+        side = has_z & ~trend
 
-        ax_kl.plot(x[uses_z], results["kl_nats"][uses_z], color="C0", lw=1.5, zorder=1)
-        for mask, face, label in ((uses_z & ~collapsed, "C0", "uses z"),
-                                  (uses_z & collapsed, "white", f"collapsed (KL < {threshold:g} nats)"),
-                                  (~uses_z, BASELINE_COLOR, "decoder alone (ignores z)")):
-            if mask.any():
-                ax_kl.errorbar(x[mask], results["kl_nats"][mask],
-                               yerr=None if kl_err is None else kl_err[mask],
-                               fmt="s" if face == BASELINE_COLOR else "o", ms=8,
-                               mfc=face, mec=BASELINE_COLOR if face == BASELINE_COLOR else "C0",
-                               ecolor="C0", capsize=3, label=label, zorder=2)
-        for xi, kl in zip(x, results["kl_nats"]):
-            ax_kl.annotate(f"{kl:.2f}" if kl < 10 else f"{kl:.1f}", (xi, kl),
+        ax_kl.errorbar(x[trend], kl[trend], yerr=None if kl_err is None else kl_err[trend], fmt="o-",
+                       color="C0", ms=7, capsize=3, label="trend rungs (one z pathway)", zorder=2)
+        if side.any():
+            ax_kl.errorbar(x[side], kl[side], yerr=None if kl_err is None else kl_err[side], fmt="s",
+                           color=BASELINE_COLOR, ms=7, capsize=3, label="side rungs (not in the trend)")
+        for xi, value in zip(x[has_z], kl[has_z]):
+            ax_kl.annotate(f"{value:.2f}" if value < 10 else f"{value:.1f}", (xi, value),
                            textcoords="offset points", xytext=(7, 5), ha="left", fontsize=8)
-        ax_kl.axhline(threshold, color="C3", ls=":", lw=1)
-        top = max(float(results["kl_nats"].max()), threshold) * 1.2
-        ax_kl.set_ylim(-0.04 * top, top)  # markers at KL = 0 stay whole
+        ax_kl.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
+        top = max(float(np.nanmax(kl[has_z])) if has_z.any() else 0.0, threshold) * 1.2
+        ax_kl.set_ylim(-0.04 * top, top)
         ax_kl.set_ylabel("KL[q(z|x) || p(z)] (nats)")
-        ax_kl.set_title("Information in z along the decoder ladder")
+        ax_kl.set_title("Information in z along the decoder-power axis")
         ax_kl.legend(loc="best")
 
-        nll = results["nll_iw_nats"].to_numpy(float)
-        ax_nll.errorbar(x[uses_z], nll[uses_z], yerr=nll_err[uses_z], fmt="o-", color="C1", ms=6,
+        ax_nll.errorbar(x[trend], nll[trend], yerr=nll_err[trend], fmt="o-", color="C1", ms=6,
                         capsize=3, label="VAE, -log p(x) (IW)")
-        if (~uses_z).any():
-            ax_nll.errorbar(x[~uses_z], nll[~uses_z], yerr=nll_err[~uses_z], fmt="s",
+        if side.any():
+            ax_nll.errorbar(x[side], nll[side], yerr=nll_err[side], fmt="s", color=BASELINE_COLOR,
+                            ms=6, capsize=3)
+        if (~has_z).any():
+            ax_nll.errorbar(x[~has_z], nll[~has_z], yerr=nll_err[~has_z], fmt="s",
                             color=BASELINE_COLOR, ms=6, capsize=3)
-        for _, row in results[~results["uses_z"].astype(bool)].iterrows():
-            ax_nll.axhline(row["nll_iw_nats"], color=BASELINE_COLOR, ls="--", lw=1.2,
-                           label=f"decoder alone ({row['rung']})")
-            ax_nll.axhspan(row["nll_iw_nats"] - row["nll_iw_stderr_nats"],
-                           row["nll_iw_nats"] + row["nll_iw_stderr_nats"], color=BASELINE_COLOR,
+        for row in results[~has_z].itertuples():
+            spread = row.nll_iw_nats_std if several else row.nll_iw_stderr_nats
+            ax_nll.axhline(row.nll_iw_nats, color=BASELINE_COLOR, ls="--", lw=1.2,
+                           label=f"decoder alone ({row.rung})")
+            ax_nll.axhspan(row.nll_iw_nats - spread, row.nll_iw_nats + spread, color=BASELINE_COLOR,
                            alpha=0.15, lw=0)
         ax_nll.set_ylabel("test NLL, -log p(x) (nats)")
         bars = "std over seeds" if several else "standard error over test images"
         ax_nll.set_title(f"Likelihood by importance sampling (error bars: {bars})")
-        ax_nll.set_xlabel("decoder (ladder, weakest first)")
+        ax_nll.set_xlabel("rung, in order of decoder power (rf: causal receptive field, pixels)")
         ax_nll.legend(loc="best")
-        _rung_axis(ax_nll, names)
+        _rung_axis(ax_nll, labels)
     return fig
 
 
-def kl_training(history: pd.DataFrame, names: list[str], baseline: set[str],
-                threshold: float) -> Figure:
-    """Validation KL (nats) against epoch per rung.
+def kl_training(history: pd.DataFrame, names: list[str], side: set[str], threshold: float) -> Figure:
+    """Validation KL and ELBO (nats) against training images seen, per rung.
 
-    history: rung, seed, epoch, valid_kl_nats. One line per rung (mean over seeds), with the
-    single seeds drawn thin when there are several.
+    history: rung, seed, images_seen, valid_kl_nats, valid_elbo_nats. One line per rung (mean
+    over seeds) with a band from the lowest to the highest seed when there are several; rungs
+    in `side` (not points of the power trend) dashed.
     """
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(7.5, 4.2), layout="constrained")
-        ax = fig.subplots()
-        for name, st in rung_styles(names, baseline).items():
+        fig = Figure(figsize=(11.5, 4.4), layout="constrained")
+        ax_kl, ax_elbo = fig.subplots(1, 2)
+        for name, st in rung_styles(names, side).items():
             h = history[history["rung"] == name]
-            if h["seed"].nunique() > 1:
-                for _, hs in h.groupby("seed"):
-                    ax.plot(hs["epoch"], hs["valid_kl_nats"], color=st["color"], ls=st["ls"],
-                            lw=0.6, alpha=0.5)
-            mean = h.groupby("epoch")["valid_kl_nats"].mean()
-            ax.plot(mean.index, mean.to_numpy(), ms=3.5, lw=1.6, label=name, **st)
-        ax.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel("validation KL[q(z|x) || p(z)] (nats)")
-        ax.set_ylim(bottom=0)
-        ax.set_title("KL term during training (validation split)")
-        epochs = history["epoch"]
-        if epochs.max() - epochs.min() < 12:
-            ax.set_xticks(range(int(epochs.min()), int(epochs.max()) + 1))
-        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+            for ax, key in ((ax_kl, "valid_kl_nats"), (ax_elbo, "valid_elbo_nats")):
+                g = h.groupby("images_seen")[key]
+                mean, lo, hi = g.mean(), g.min(), g.max()
+                ax.plot(mean.index, mean.to_numpy(), ms=3.5, lw=1.6, label=name, **st)
+                if h["seed"].nunique() > 1:
+                    ax.fill_between(mean.index, lo.to_numpy(), hi.to_numpy(), color=st["color"],
+                                    alpha=0.15, lw=0)
+        ax_kl.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
+        ax_kl.set_ylabel("validation KL[q(z|x) || p(z)] (nats)")
+        ax_kl.set_ylim(bottom=0)
+        ax_kl.set_title("KL term during training")
+        ax_elbo.set_ylabel("validation ELBO (nats)")
+        ax_elbo.set_title("ELBO during training")
+        for ax in (ax_kl, ax_elbo):
+            ax.set_xlabel("training images seen")
+        ax_elbo.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
 
 
@@ -174,7 +175,7 @@ def rate_distortion(results: pd.DataFrame) -> Figure:
         fig = Figure(figsize=(8.5, 5.0), layout="constrained")
         ax = fig.subplots()
         names = list(results["rung"])
-        styles = rung_styles(names, set(results.loc[~results["uses_z"].astype(bool), "rung"]))
+        styles = rung_styles(names, set(results.loc[results["role"] != "trend", "rung"]))
         d, r = results["rec_nats"].to_numpy(float), results["kl_nats"].to_numpy(float)
         span = max(d.max() - d.min(), r.max() - r.min(), 10.0)
         d_lo, d_hi = d.min() - 0.1 * span, d.max() + 0.15 * span
@@ -209,7 +210,7 @@ def _nice_step(raw: float) -> float:
     return float(next(m * power for m in (1, 2, 5, 10) if m * power >= raw))
 
 
-def k_convergence(curves: pd.DataFrame, names: list[str], baseline: set[str]) -> Figure:
+def k_convergence(curves: pd.DataFrame, names: list[str], side: set[str]) -> Figure:
     """NLL_IW (nats) against K, log x axis; left absolute, right relative to the largest K.
 
     curves: rung, k, nll_iw_nats, nll_iw_stderr_nats (mean over seeds).
@@ -217,7 +218,7 @@ def k_convergence(curves: pd.DataFrame, names: list[str], baseline: set[str]) ->
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(9.5, 4.2), layout="constrained")
         ax_abs, ax_rel = fig.subplots(1, 2)
-        for name, st in rung_styles(names, baseline).items():
+        for name, st in rung_styles(names, side).items():
             c = curves[curves["rung"] == name].sort_values("k")
             nll = c["nll_iw_nats"].to_numpy()
             ax_abs.errorbar(c["k"], nll, yerr=c["nll_iw_stderr_nats"], ms=4, capsize=2,

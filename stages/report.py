@@ -1,14 +1,18 @@
 """Stage `report`: the study's product, rendered into reports/ from what train and evaluate wrote.
 
-For every rung of the ladder (params order, weakest first) and every seed it reads the
-metrics, K-curve, per-dimension KL, images and training history, validates them, and writes
+For every rung of the ladder and every seed it reads the metrics, per-image estimates, K-curve,
+per-dimension KL, images and training history, validates them, and writes
 
-- results.csv: one row per rung, each metric's mean and std over seeds (std empty for one
-  seed), and `collapsed` = mean KL[q(z|x)||p(z)] < report.collapse_threshold_nats;
+- results.csv: one row per rung, ordered by decoder power (the causal receptive field computed
+  from the architecture, then the family), each metric's mean and std over seeds (std empty for
+  one seed), the rung's role (a point of the power trend, or a marked comparison / mitigated /
+  no-z rung) and its verdict against report.collapse_threshold_nats (given only when the seeds'
+  mean is more than two std from it);
+- claims.json: the findings as named claims with their numbers (`stages.claims`);
 - figures/: PNG + SVG of every figure in `stages.figures`;
-- report.md and a self-contained index.html (`stages.page`): the claim, the setup, the results
-  table, the figures, the published numbers beside ours, and sentences generated from the
-  numbers (`findings`), never hand-written conclusions that could go stale.
+- report.md and a self-contained index.html (`stages.page`): the claim tested, the setup, the
+  results table, the figures, the published numbers beside ours, and the claims rendered,
+  never hand-written conclusions that could go stale.
 
 Every input is read and checked before anything is written; every output is written
 atomically (`stages.fsutil`).
@@ -28,24 +32,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import figures, page
+from stages import claims, figures, page
 from stages.errors import DataError
-from stages.fsutil import ensure_writable_dir, write_csv, write_text
+from stages.fsutil import ensure_writable_dir, write_csv, write_json, write_text
 from stages.layout import Layout
-from stages.params import StudyParams
+from stages.model import build_decoder
+from stages.params import Rung, StudyParams
 
 METRICS = ("nll_iw_nats", "nll_iw_stderr_nats", "nll_elbo_nats", "kl_nats", "rec_nats",
            "bound_gap_nats", "mi_nats", "active_units", "probe_accuracy", "seconds")
-METRIC_KEYS = (*METRICS, "iw_k", "n_test")
+METRIC_KEYS = (*METRICS, "iw_k", "n_test", "mi_cap_nats")
 INFO_KEYS = ("family", "uses_z", "n_params", "best_epoch")
 IMAGE_KEYS = ("x", "recon", "recon_probs", "samples", "sample_probs")
 K_CURVE_COLUMNS = ("k", "nll_iw_nats", "nll_iw_stderr_nats")
 LATENT_COLUMNS = ("dim", "kl_nats", "posterior_mean_variance", "active")
-HISTORY_COLUMNS = ("epoch", "valid_elbo_nats", "valid_kl_nats", "valid_rec_nats")
+HISTORY_COLUMNS = ("epoch", "images_seen", "valid_elbo_nats", "valid_kl_nats", "valid_rec_nats")
+PER_IMAGE_COLUMNS = ("test_index", "log_px_iw_nats", "elbo_nats")
 PUBLISHED_COLUMNS = ("paper", "year", "binarization", "model", "ladder_rung", "nll_nats",
                      "nll_is_bound", "kl_nats", "importance_samples", "where")
-CHANCE = 0.1  # probe accuracy of a z that says nothing about the digit (10 classes)
-PAPER_TRAIN, PAPER_K, PAPER_TEST = 50000, 5000, 10000
+PAPER_TRAIN, PAPER_K, PAPER_TEST, PAPER_EPOCHS = 50000, 5000, 10000, 100
 
 
 @dataclass
@@ -57,7 +62,8 @@ class Run:
     latent: pd.DataFrame  # dim, kl_nats, posterior_mean_variance, active
     images: dict[str, np.ndarray]  # x, recon, recon_probs, samples, sample_probs: (n,28,28)
     info: dict[str, Any]
-    history: pd.DataFrame  # epoch, ..., valid_kl_nats, ...
+    history: pd.DataFrame  # epoch, images_seen, ..., valid_kl_nats, ...
+    per_image: pd.DataFrame  # test_index, log_px_iw_nats, elbo_nats: one row per test image
 
 
 @dataclass
@@ -109,6 +115,7 @@ def _run_files(layout: Layout, r: str, s: int) -> dict[str, tuple[Path, str, Any
         "images": (layout.eval_images(r, s), evaluated, _npz, IMAGE_KEYS),
         "info": (layout.eval_info(r, s), evaluated, _json, INFO_KEYS),
         "history": (layout.history(r, s), trained, pd.read_csv, HISTORY_COLUMNS),
+        "per_image": (layout.per_image(r, s), evaluated, pd.read_csv, PER_IMAGE_COLUMNS),
     }
 
 
@@ -166,19 +173,41 @@ def collect(params: StudyParams, layout: Layout) -> ReportData:
     return ReportData(params, runs, summary, published, sources)
 
 
+def role(rung: Rung, uses_z: bool) -> str:
+    """What a rung is on the ladder: a point of the power trend, or a marked side rung."""
+    if not uses_z:
+        return claims.NO_Z
+    if rung.objective.kl_warmup_steps or rung.objective.free_bits:
+        return claims.MITIGATED
+    if getattr(rung.decoder, "z_pathway", "spatial") == "bias":
+        return claims.COMPARISON
+    return claims.TREND
+
+
+def power_of(rung: Rung, latent_dim: int) -> tuple[int, int]:
+    """The decoder-power measure, from the architecture alone: (causal receptive field in
+    pixels, the family's rank among factorized decoders: linear < mlp < conv < pixelcnn)."""
+    decoder = build_decoder(rung.family, rung.decoder, latent_dim)
+    return decoder.receptive_field, type(decoder).power_rank
+
+
 def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
-    """One row per rung in ladder order: mean and std (ddof 1; NaN for one seed) over seeds."""
+    """One row per rung, ordered by decoder power (then name): mean and std (ddof 1; NaN for
+    one seed) over seeds of every metric, the rung's role, power and verdict."""
     rows = []
     for r, rung in data.params.decoders.items():
         runs = [data.runs[(r, s)] for s in data.params.seeds]
         m = pd.DataFrame([run.metrics for run in runs])
-        row: dict[str, Any] = {"rung": r, "family": rung.family,
-                               "uses_z": bool(runs[0].info["uses_z"]), "n_seeds": len(runs),
-                               "seeds": ";".join(str(s) for s in data.params.seeds)}
+        uses_z = bool(runs[0].info["uses_z"])
+        rf, family_rank = power_of(rung, data.params.encoder.latent_dim)
+        row: dict[str, Any] = {"rung": r, "family": rung.family, "role": role(rung, uses_z),
+                               "receptive_field": rf, "family_rank": family_rank, "uses_z": uses_z,
+                               "n_seeds": len(runs), "seeds": ";".join(str(s) for s in data.params.seeds)}
         for key in METRICS:
             row[key] = float(m[key].mean())
             row[f"{key}_std"] = float(m[key].std(ddof=1)) if len(runs) > 1 else math.nan
-        row["collapsed"] = row["kl_nats"] < threshold
+        row["verdict"] = claims.verdict(row["kl_nats"], row["kl_nats_std"], len(runs), threshold, uses_z)
+        row["mi_cap_nats"] = float(m["mi_cap_nats"].min())
         row["iw_k"], row["n_test"] = int(m["iw_k"].min()), int(m["n_test"].min())
         row["latent_dim"] = len(runs[0].latent)
         row["kl_top_dim_nats"] = float(np.mean([run.latent["kl_nats"].max() for run in runs]))
@@ -186,107 +215,73 @@ def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
         row["best_epoch"] = float(np.mean([run.info["best_epoch"] for run in runs]))
         row["config"] = json.dumps(rung.plain(), sort_keys=True)
         rows.append(row)
+    table = pd.DataFrame(rows).sort_values(["receptive_field", "family_rank", "rung"], kind="stable")
+    key = list(zip(table["receptive_field"], table["family_rank"]))
+    table.insert(3, "power", [sorted(set(key)).index(k) for k in key])  # dense rank of the measure
+    return table.reset_index(drop=True)
+
+
+def comparators(results: pd.DataFrame) -> tuple[str | None, str | None]:
+    """(the strongest VAE, the decoder alone): the most powerful trend rung, preferring the
+    decoder alone's family, and the most powerful rung without z."""
+    base = results[results["role"] == claims.NO_Z]
+    if base.empty:
+        return None, None
+    b = base.iloc[-1]
+    trend = results[results["role"] == claims.TREND]
+    same = trend[trend["family"] == b["family"]]
+    pick = same if len(same) else trend
+    return (pick.iloc[-1]["rung"] if len(pick) else None), b["rung"]
+
+
+def paired_differences(data: ReportData, vae: str | None, baseline: str | None) -> pd.DataFrame | None:
+    """Per seed: mean and standard error over test images of log p_VAE(x) - log p_alone(x),
+    by IW and by the ELBO, on the images both evaluated (the same seeded test subset)."""
+    if vae is None or baseline is None:
+        return None
+    rows = []
+    for s in data.params.seeds:
+        a, b = data.runs[(vae, s)].per_image, data.runs[(baseline, s)].per_image
+        if not np.array_equal(a["test_index"].to_numpy(), b["test_index"].to_numpy()):
+            raise DataError(f"report: `{vae}` and `{baseline}` (seed {s}) were evaluated on different "
+                            f"test images; rerun their evaluate stages (`dvc repro`)")
+        row: dict[str, Any] = {"seed": s, "n_images": len(a)}
+        for key, column in (("iw", "log_px_iw_nats"), ("elbo", "elbo_nats")):
+            d = (a[column] - b[column]).to_numpy(float)  # (N,) per image
+            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
+            row[f"{key}_diff_nats"], row[f"{key}_diff_se_nats"] = float(d.mean()), se
+        rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _names(frame: pd.DataFrame) -> str:
-    return ", ".join(f"`{r}`" for r in frame["rung"])
+def history_table(data: ReportData) -> pd.DataFrame:
+    return pd.concat([run.history.assign(rung=r, seed=s) for (r, s), run in data.runs.items()],
+                     ignore_index=True)
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
+def k_curve_table(data: ReportData) -> pd.DataFrame:
+    """rung, k, nll_iw_nats, nll_iw_stderr_nats: means over seeds."""
+    return (pd.concat([run.k_curve.assign(rung=r) for (r, _), run in data.runs.items()])
+            .groupby(["rung", "k"], sort=False, as_index=False).mean())
 
 
-def _span(values: pd.Series, fmt: str) -> str:
-    lo, hi = format(values.min(), fmt), format(values.max(), fmt)
-    return lo if lo == hi else f"{lo} to {hi}"
-
-
-def _se(row: pd.Series) -> float:
-    """Uncertainty of a rung's mean NLL_IW: test-image s.e., plus seed spread when several."""
-    seeds = row["nll_iw_nats_std"] / math.sqrt(row["n_seeds"]) if row["n_seeds"] > 1 else 0.0
-    return math.hypot(row["nll_iw_stderr_nats"], seeds)
-
-
-def findings(results: pd.DataFrame, threshold: float) -> list[str]:
-    """Sentences stating what the numbers show, each computed from `results` (summarize's)."""
-    cond, base = results[results["uses_z"]], results[~results["uses_z"]]
-    gone, kept = cond[cond["collapsed"]], cond[~cond["collapsed"]]
-    out = []
-    n_seeds = int(results["n_seeds"].max())
-    if n_seeds > 1:
-        out.append(f"Numbers below are means over {n_seeds} seeds.")
-    if len(gone):
-        listed = ", ".join(f"`{r.rung}` ({r.kl_nats:.2f} nats)" for r in gone.itertuples())
-        out.append(f"By the threshold KL < {threshold:g} nats, {len(gone)} of the {len(cond)} rungs "
-                   f"whose decoder sees z collapsed: {listed}.")
-    elif len(cond):
-        low = cond.loc[cond["kl_nats"].idxmin()]
-        out.append(f"By the threshold KL < {threshold:g} nats, none of the {len(cond)} rungs whose "
-                   f"decoder sees z collapsed (lowest KL: `{low.rung}`, {low.kl_nats:.2f} nats).")
-    if len(kept):
-        out.append(f"The {_plural(len(kept), 'rung')} that did not collapse ({_names(kept)}) keep "
-                   f"{_span(kept['kl_nats'], '.1f')} nats of KL in z.")
-    if len(cond) > 1:
-        peak, last = cond.loc[cond["kl_nats"].idxmax()], cond.iloc[-1]
-        sentence = (f"KL peaks at {peak.kl_nats:.2f} nats (`{peak.rung}`) and is {last.kl_nats:.2f} "
-                    f"nats on the strongest rung whose decoder sees z, `{last.rung}`")
-        if len(gone):
-            first = gone.iloc[0]
-            after = cond.loc[first.name:]
-            revived = after[~after["collapsed"]]
-            sentence += (f"; every rung from `{first.rung}` up the ladder collapsed" if revived.empty
-                         else f"; collapse is not monotone along the ladder: `{first.rung}` collapsed "
-                              f"but the stronger {_names(revived)} did not")
-        out.append(sentence + ".")
-    if len(base) and len(cond):
-        b = base.iloc[-1]
-        same = cond[cond["family"] == b["family"]]
-        d = (same if len(same) else cond).iloc[-1]
-        diff, se = d["nll_iw_nats"] - b["nll_iw_nats"], math.hypot(_se(d), _se(b))
-        verdict = (f"they agree within one standard error ({abs(diff):.2f} <= {se:.2f} nats)"
-                   if abs(diff) <= se else
-                   f"the VAE is {abs(diff):.2f} nats {'worse' if diff > 0 else 'better'}, more than "
-                   f"one standard error ({se:.2f} nats)")
-        out.append(f"The deepest conditional rung `{d.rung}` reaches NLL_IW {d.nll_iw_nats:.2f} nats "
-                   f"and the decoder-alone baseline `{b.rung}` {b.nll_iw_nats:.2f} nats: {verdict}; "
-                   f"the standard error combines both estimates' test-image standard errors"
-                   f"{' and seed spreads' if n_seeds > 1 else ''} as if independent.")
-    elif len(cond):
-        out.append("No decoder-alone baseline (a rung whose decoder ignores z) is on the ladder, "
-                   "so the collapsed rungs' likelihood cannot be compared with one.")
-    if len(cond) > 1:
-        g0, g1 = cond.iloc[0], cond.iloc[-1]
-        trend = "shrinks" if g1.bound_gap_nats < g0.bound_gap_nats else "does not shrink"
-        sentence = (f"The bound gap -ELBO - NLL_IW {trend} along the ladder, from "
-                    f"{g0.bound_gap_nats:.2f} nats (`{g0.rung}`) to {g1.bound_gap_nats:.2f} nats "
-                    f"(`{g1.rung}`)")
-        if len(gone) and len(kept):
-            sentence += (f"; it averages {gone['bound_gap_nats'].mean():.2f} nats on collapsed rungs "
-                         f"and {kept['bound_gap_nats'].mean():.2f} nats on the others")
-        out.append(sentence + ".")
-    if len(gone):
-        near = gone["probe_accuracy"].max() <= CHANCE + 0.1
-        sentence = (f"A linear probe reads the digit from the posterior means with "
-                    f"{_span(gone['probe_accuracy'], '.1%')} accuracy on the collapsed rungs, "
-                    + ("near chance (10%; within 10 points)" if near else
-                       "more than 10 points above chance (10%): some label information survives"))
-        if len(kept):
-            sentence += f", against {_span(kept['probe_accuracy'], '.1%')} on the others"
-        out.append(sentence + ".")
-    if len(cond):
-        dim = int(results["latent_dim"].max())
-        parts = [f"{r.active_units:.3g} of {dim} on `{r.rung}`" for r in cond.itertuples()]
-        out.append(f"Active units (Burda et al. 2016): {', '.join(parts)}.")
-    return out
+def study_claims(data: ReportData, results: pd.DataFrame, threshold: float) -> list[claims.Claim]:
+    per_seed = pd.DataFrame([{"rung": r, "seed": s, "kl_nats": run.metrics["kl_nats"]}
+                             for (r, s), run in data.runs.items()])
+    vae, baseline = comparators(results)
+    return claims.all_claims(results, per_seed, paired_differences(data, vae, baseline),
+                             history_table(data), k_curve_table(data), threshold, vae, baseline)
 
 
 def paper_scale(data: ReportData, results: pd.DataFrame) -> tuple[bool, str]:
-    """Paper scale: the full 50k training split and K >= 5000 on all 10,000 test images."""
+    """Comparable with published numbers: the full 50k training split, the full training
+    schedule (>= 100 epochs, best-validation epoch kept), and K >= 5000 on all 10,000 test images."""
     n_train = int(data.summary["train"]["n_images"])
+    epochs = int(min(run.history["epoch"].max() for run in data.runs.values()))  # every run
     k, n_test = int(results["iw_k"].min()), int(results["n_test"].min())
-    ok = n_train == PAPER_TRAIN and k >= PAPER_K and n_test == PAPER_TEST
-    return ok, f"{n_train:,} training images, K = {k:,} on {n_test:,} test images"
+    ok = n_train == PAPER_TRAIN and epochs >= PAPER_EPOCHS and k >= PAPER_K and n_test == PAPER_TEST
+    return ok, (f"{n_train:,} training images for {epochs} epoch{'s' if epochs != 1 else ''}, "
+                f"K = {k:,} on {n_test:,} test images")
 
 
 def git_revision(root: Path) -> str:
@@ -316,20 +311,17 @@ def dvc_version() -> str:
 
 
 def build_figures(data: ReportData, results: pd.DataFrame, threshold: float) -> dict[str, Any]:
-    """Every figure, in memory, keyed by file name."""
-    names, seed0 = list(data.params.decoders), data.params.seeds[0]
-    history = pd.concat([run.history.assign(rung=r, seed=s) for (r, s), run in data.runs.items()])
-    curves = (pd.concat([run.k_curve.assign(rung=r) for (r, _), run in data.runs.items()])
-              .groupby(["rung", "k"], sort=False, as_index=False).mean())
+    """Every figure, in memory, keyed by file name; rungs in order of decoder power."""
+    names, seed0 = list(results["rung"]), data.params.seeds[0]
     kl_sorted = np.array([np.mean([np.sort(data.runs[(r, s)].latent["kl_nats"].to_numpy())[::-1]
                                    for s in data.params.seeds], axis=0) for r in names])  # (R,D)
     images = {r: data.runs[(r, seed0)].images for r in names}
-    baseline = set(results.loc[~results["uses_z"], "rung"])
+    side = set(results.loc[results["role"] != claims.TREND, "rung"])
     return {
         "headline": figures.headline(results, threshold),
-        "kl_training": figures.kl_training(history, names, baseline, threshold),
+        "kl_training": figures.kl_training(history_table(data), names, side, threshold),
         "rate_distortion": figures.rate_distortion(results),
-        "k_convergence": figures.k_convergence(curves, names, baseline),
+        "k_convergence": figures.k_convergence(k_curve_table(data), names, side),
         "reconstructions": figures.image_grid(
             {r: im["recon_probs"] for r, im in images.items()},
             "Reconstructions p(x | z = E_q[z|x]) of the same test digits", images[names[0]]["x"]),
@@ -346,16 +338,17 @@ def run(params: StudyParams, layout: Layout) -> pd.DataFrame:
     out = ensure_writable_dir(layout.reports)
     figure_dir = ensure_writable_dir(out / "figures")
     results = summarize(data, threshold)
-    sentences = findings(results, threshold)
+    found = study_claims(data, results, threshold)
     figs = build_figures(data, results, threshold)
     scale = paper_scale(data, results)
     provenance = {"git": git_revision(layout.root), "dvc": dvc_version()}
     for name, fig in figs.items():
         figures.save(fig, figure_dir, name)
     write_csv(out / "results.csv", results)
-    doc = page.build(data, results, sentences, scale, provenance, list(figs))
+    write_json(out / "claims.json", {c.name: c.plain() for c in found})
+    doc = page.build(data, results, found, scale, provenance, list(figs))
     write_text(out / "report.md", page.markdown(doc))
     write_text(out / "index.html", page.html(doc, figure_dir))
-    print("\n".join(sentences))
-    print(f"report: wrote {out}/results.csv, report.md, index.html and {len(figs)} figures")
+    print("\n".join(c.text for c in found))
+    print(f"report: wrote {out}/results.csv, claims.json, report.md, index.html and {len(figs)} figures")
     return results

@@ -95,6 +95,14 @@ def test_dvc_yaml_writes_where_the_code_expects(built):
     assert stages["binarize"]["outs"] == [str(layout.binarized)]
 
 
+def test_the_modules_that_define_defaults_are_deps_of_the_stages_that_use_them():
+    """Per-rung defaults live in stages/params.py (objective) and stages/model (architectures):
+    editing them must rerun what they shape."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name in ("train", "evaluate", "report"):
+        assert {"stages/params.py", "stages/model"} <= set(stages[name]["deps"]), name
+
+
 def test_editing_one_decoder_reruns_exactly_its_stages_and_the_report(study):
     edit_params(study, lambda p: p["decoders"]["pixelcnn_2"].update(channels=6))
     marked = stage_status(study)

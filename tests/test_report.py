@@ -28,25 +28,35 @@ FIGURES = ("headline", "kl_training", "rate_distortion", "k_convergence", "recon
 LATENT_DIM, N_SHOW, K, N_TEST = 8, 6, 100, 500
 
 # rung -> (decoder entry, numbers of seed 0). rec + kl = -ELBO; -ELBO - nll = bound gap.
+# Deliberately not in power order: the report must order by the measure, not by params.
 NUMBERS = ("kl", "rec", "nll", "se", "mi", "au", "probe", "uses_z")
 LADDER = {
-    "linear": ({"family": "linear"},
-               dict(zip(NUMBERS, (15.0, 105.0, 116.0, 1.2, 6.0, 7, 0.78, True)))),
-    "mlp": ({"family": "mlp", "hidden": [64]},
-            dict(zip(NUMBERS, (22.0, 72.0, 89.5, 1.0, 8.5, 8, 0.90, True)))),
     "pixelcnn_2": ({"family": "pixelcnn", "n_layers": 2, "channels": 8},
                    dict(zip(NUMBERS, (0.1, 88.4, 88.3, 0.9, 0.02, 0, 0.11, True)))),
+    "mlp": ({"family": "mlp", "hidden": [64]},
+            dict(zip(NUMBERS, (22.0, 72.0, 89.5, 1.0, 8.5, 8, 0.90, True)))),
+    "conv": ({"family": "conv", "channels": 8},
+             dict(zip(NUMBERS, (25.0, 68.0, 88.0, 1.0, 8.9, 8, 0.92, True)))),
+    "pixelcnn_3x3": ({"family": "pixelcnn", "n_layers": 1, "first_kernel_size": 3, "channels": 8},
+                     dict(zip(NUMBERS, (9.0, 78.0, 85.0, 0.9, 6.0, 6, 0.70, True)))),
+    "pixelcnn_3x3_bias": ({"family": "pixelcnn", "n_layers": 1, "first_kernel_size": 3, "channels": 8,
+                           "z_pathway": "bias"},
+                          dict(zip(NUMBERS, (0.6, 110.0, 110.4, 1.1, 0.5, 1, 0.20, True)))),
     "pixelcnn_uncond": ({"family": "pixelcnn", "n_layers": 2, "channels": 8, "conditional": False},
                         dict(zip(NUMBERS, (0.02, 88.0, 88.0, 0.9, 0.0, 0, 0.10, False)))),
 }
+POWER_ORDER = ["mlp", "conv", "pixelcnn_3x3", "pixelcnn_3x3_bias", "pixelcnn_2", "pixelcnn_uncond"]
+TEST_INDEX = np.sort(np.random.default_rng(7).choice(10000, N_TEST, replace=False))
 
 
 def params_dict(seeds=(0,), threshold=1.0, rungs=tuple(LADDER)) -> dict:
     return {
         "binarize": {"method": "static", "seed": 0, "valid_size": 10000, "train_subset": 2000},
         "encoder": {"latent_dim": LATENT_DIM, "hidden": [32]},
-        "train": {"epochs": 3, "batch_size": 64, "lr": 0.001},
-        "evaluate": {"k": K, "n_test": N_TEST, "n_show": N_SHOW},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.001, "precision": "auto", "valid_subset": None},
+        "evaluate": {"k": K, "n_test": N_TEST, "batch_size": 50, "chunk_size": 100, "precision": "auto",
+                     "probe_train_size": None, "mi_samples": 5, "active_unit_threshold": 0.01,
+                     "n_show": N_SHOW, "seed": 0},
         "report": {"collapse_threshold_nats": threshold},
         "seeds": list(seeds),
         "decoders": {r: LADDER[r][0] for r in rungs},
@@ -80,13 +90,18 @@ def write_run(layout: Layout, rung: str, seed: int, v: dict, family: str) -> Non
     elbo = v["rec"] + v["kl"]
     metrics = {"nll_iw_nats": v["nll"], "nll_iw_stderr_nats": v["se"], "iw_k": K, "n_test": N_TEST,
                "nll_elbo_nats": elbo, "kl_nats": v["kl"], "rec_nats": v["rec"],
-               "bound_gap_nats": elbo - v["nll"], "mi_nats": v["mi"], "active_units": v["au"],
-               "probe_accuracy": v["probe"], "seconds": 12.5}
+               "bound_gap_nats": elbo - v["nll"], "mi_nats": v["mi"], "mi_cap_nats": math.log(50000 + N_TEST),
+               "active_units": v["au"], "probe_accuracy": v["probe"], "seconds": 12.5}
     path = layout.metrics(rung, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics))
     ev = layout.eval_dir(rung, seed)
     ev.mkdir(parents=True, exist_ok=True)
+    difficulty = np.random.default_rng(3).normal(0, 15, N_TEST)  # the same images for every rung
+    noise = np.random.default_rng(seed + 100 * len(rung)).normal(0, 0.5, N_TEST)
+    centred = difficulty - difficulty.mean() + noise - noise.mean()  # per-image means stay exact
+    pd.DataFrame({"test_index": TEST_INDEX, "log_px_iw_nats": -v["nll"] + centred,
+                  "elbo_nats": -elbo + centred}).to_csv(layout.per_image(rung, seed), index=False)
     ks = [1, 10, 100]
     pd.DataFrame({"k": ks, "nll_iw_nats": [elbo, (elbo + v["nll"]) / 2 + 0.1 * (elbo - v["nll"]), v["nll"]],
                   "nll_iw_stderr_nats": [v["se"] * 1.05, v["se"] * 1.02, v["se"]]}
@@ -113,7 +128,7 @@ def write_run(layout: Layout, rung: str, seed: int, v: dict, family: str) -> Non
     (ev / "info.json").write_text(json.dumps(info))
     epochs = np.arange(1, 4)
     valid_kl = v["kl"] + (3 - epochs) * (2.0 if v["kl"] < 1 else -1.5)
-    history = pd.DataFrame({"epoch": epochs, "train_elbo_nats": -elbo - 10 / epochs,
+    history = pd.DataFrame({"epoch": epochs, "images_seen": 2000 * epochs, "train_elbo_nats": -elbo - 10 / epochs,
                             "train_kl_nats": valid_kl, "train_rec_nats": v["rec"] + 10 / epochs,
                             "valid_elbo_nats": -elbo - 8 / epochs, "valid_kl_nats": valid_kl,
                             "valid_rec_nats": v["rec"] + 8 / epochs, "beta": 1.0,
@@ -163,10 +178,10 @@ def test_every_figure_is_written_as_png_and_svg(rendered):
     assert not leftovers
 
 
-def test_results_csv_holds_the_ladder_in_order_with_its_numbers(rendered):
+def test_results_csv_orders_the_rungs_by_power_not_by_params(rendered):
     _, layout, _ = rendered
     table = pd.read_csv(layout.reports / "results.csv")
-    assert list(table["rung"]) == list(LADDER)
+    assert list(table["rung"]) == POWER_ORDER
     by = table.set_index("rung")
     for rung, (_, v) in LADDER.items():
         assert by.loc[rung, "kl_nats"] == pytest.approx(v["kl"], abs=1e-6)
@@ -174,49 +189,57 @@ def test_results_csv_holds_the_ladder_in_order_with_its_numbers(rendered):
         assert by.loc[rung, "bound_gap_nats"] == pytest.approx(v["rec"] + v["kl"] - v["nll"], abs=1e-5)
         assert by.loc[rung, "probe_accuracy"] == pytest.approx(v["probe"], abs=1e-6)
         assert math.isnan(by.loc[rung, "kl_nats_std"])  # one seed: no spread
-    assert list(by["collapsed"]) == [False, False, True, True]
-    assert list(by["uses_z"]) == [True, True, True, False]
-    assert (by["n_seeds"] == 1).all() and (by["iw_k"] == K).all() and (by["latent_dim"] == LATENT_DIM).all()
+    rf = list(table["receptive_field"])
+    assert rf[:4] == [0, 0, 4, 4] and rf[4] == rf[5] > 24  # 7x7 mask A + one 3x3 mask B
+    assert list(table["role"]) == ["trend", "trend", "trend", "comparison", "trend", "no z"]
+    # one seed gives no spread, so no verdict: never "collapsed" on a single draw
+    assert list(table["verdict"]) == ["no verdict (one seed)"] * 5 + ["n/a (no z)"]
+    assert (table["iw_k"] == K).all() and (table["latent_dim"] == LATENT_DIM).all()
 
 
-def collapse_sentence(sentences: list[str]) -> str:
-    (hit,) = [s for s in sentences if s.startswith("By the threshold")]
-    return hit
+def claims_of(layout) -> dict:
+    return json.loads((layout.reports / "claims.json").read_text())
 
 
-def test_findings_name_the_collapsed_rungs(rendered):
-    _, layout, results = rendered
-    sentences = report.findings(results, 1.0)
-    hit = collapse_sentence(sentences)
-    assert "KL < 1 nats" in hit and "1 of the 3 rungs" in hit
-    assert re.findall(r"`(\w+)`", hit) == ["pixelcnn_2"]
-    text = " ".join(sentences)
-    assert "keep 15.0 to 22.0 nats" in text
-    assert "`pixelcnn_2` reaches NLL_IW 88.30" in text and "agree within one standard error" in text
-    assert "near chance" in text
-    assert "shrinks along the ladder, from 4.00 nats (`linear`) to 0.20 nats (`pixelcnn_2`)" in text
+def test_the_report_renders_every_claim_with_its_numbers(rendered):
+    _, layout, _ = rendered
+    found = claims_of(layout)
+    assert {"power_trend", "kl_gone_at_top", "verdicts", "pathway_pixelcnn_3x3_bias", "training_order",
+            "decoder_alone", "probe", "mutual_information", "bound_gap", "k_convergence"} <= set(found)
+    trend = found["power_trend"]
+    # KL along power (mlp, conv, 3x3, 2-layer) = 22, 25, 9, 0.1: rho = -0.8, not monotone
+    assert trend["numbers"]["spearman_rho"] == pytest.approx(-0.8)
+    assert "falls with decoder power" in trend["text"] and "does not fall at every step" in trend["text"]
+    assert found["kl_gone_at_top"]["numbers"]["top_rung"] == "pixelcnn_2"
+    assert found["kl_gone_at_top"]["numbers"]["share_gone"] == pytest.approx(1 - 0.1 / 23.5)
+    assert "(`pixelcnn_3x3`) keeps 9.00 nats" in found["pathway_pixelcnn_3x3_bias"]["text"]
+    alone = found["decoder_alone"]["numbers"]
+    assert alone["vae_rung"] == "pixelcnn_2" and alone["baseline_rung"] == "pixelcnn_uncond"
+    assert alone["iw_diff_nats"] == pytest.approx(-0.3, abs=1e-6)  # paired: -88.3 - (-88.0)
+    assert found["mutual_information"]["numbers"]["lower_bounds"] == []
     md = (layout.reports / "report.md").read_text()
-    assert all(s in md for s in sentences)  # the page carries the generated sentences
+    for name, claim in found.items():
+        assert claim["text"] in md, name  # the page carries every generated claim
     assert "small-scale" in md and "NOT comparable" in md
 
 
-def test_threshold_decides_what_counts_as_collapsed(tmp_path):
-    """KL 0.1 collapses under a 1-nat threshold but not under 0.05; mlp under 30 nats."""
-    params, layout = make_project(tmp_path, threshold=0.05)
-    data = report.collect(params, layout)
-    results = report.summarize(data, 0.05)
-    assert list(results["collapsed"]) == [False, False, False, True]
-    assert "none of the 3 rungs" in collapse_sentence(report.findings(results, 0.05))
-    results = report.summarize(data, 30.0)
-    names = re.findall(r"`(\w+)`", collapse_sentence(report.findings(results, 30.0)))
-    assert names == ["linear", "mlp", "pixelcnn_2"]
-
-
-def test_a_mismatch_with_the_baseline_is_reported(tmp_path):
-    params, layout = make_project(tmp_path, jitter=lambda r, s: {"nll": 5.0} if r == "pixelcnn_2" else {})
-    results = report.summarize(report.collect(params, layout), 1.0)
-    text = " ".join(report.findings(results, 1.0))
-    assert "the VAE is 5.30 nats worse, more than one standard error (1.27 nats)" in text
+def test_a_threshold_verdict_needs_two_seed_std_of_clearance(tmp_path):
+    """3 seeds with KL spread: clear rungs get a verdict, one near the threshold is borderline."""
+    spread = {0: -1.0, 1: 0.0, 2: 1.0}
+    kl_offsets = {"pixelcnn_2": 0.05, "pixelcnn_3x3_bias": 0.3, "mlp": 1.0, "conv": 1.0,
+                  "pixelcnn_3x3": 1.0}
+    params, layout = make_project(tmp_path, seeds=(0, 1, 2),
+                                  jitter=lambda r, s: {"kl": kl_offsets.get(r, 0.0) * spread[s]})
+    results = report.run(params, layout).set_index("rung")
+    # pixelcnn_2: 0.1 ± 0.05 -> collapsed; the bias rung 0.6 ± 0.3 -> 0.6 + 0.6 > 1: borderline
+    assert results.loc["pixelcnn_2", "verdict"] == "collapsed"
+    assert results.loc["pixelcnn_3x3_bias", "verdict"] == "borderline"
+    assert results.loc["mlp", "verdict"] == "not collapsed"
+    assert results.loc["pixelcnn_uncond", "verdict"] == "n/a (no z)"
+    text = claims_of(layout)["verdicts"]["text"]
+    assert "borderline" in text and "`pixelcnn_3x3_bias` (0.60 ± 0.30)" in text
+    md = (layout.reports / "report.md").read_text()
+    assert "22.00 ± 1.00" in md and "Mean ± standard deviation over seeds 0, 1, 2" in md
 
 
 def test_several_seeds_give_mean_and_std(tmp_path):
@@ -225,19 +248,15 @@ def test_several_seeds_give_mean_and_std(tmp_path):
         tmp_path, seeds=(0, 1),
         jitter=lambda r, s: {"kl": {"mlp": 2.0, "pixelcnn_uncond": 0.0}.get(r, 0.05) * sign[s],
                              "nll": sign[s]})
-    results = report.run(params, layout)
+    report.run(params, layout)
     table = pd.read_csv(layout.reports / "results.csv").set_index("rung")
-    assert list(table.index) == list(LADDER)
     assert table.loc["mlp", "kl_nats"] == pytest.approx(22.0)
     assert table.loc["mlp", "kl_nats_std"] == pytest.approx(2 * math.sqrt(2), abs=1e-5)  # ddof 1
     assert table.loc["pixelcnn_2", "kl_nats_std"] == pytest.approx(0.1 / math.sqrt(2), abs=1e-5)
-    assert table.loc["linear", "nll_iw_nats_std"] == pytest.approx(math.sqrt(2), abs=1e-5)
+    assert table.loc["conv", "nll_iw_nats_std"] == pytest.approx(math.sqrt(2), abs=1e-5)
     assert (table["n_seeds"] == 2).all() and (table["seeds"] == "0;1").all()
-    sentences = report.findings(results, 1.0)
-    assert sentences[0] == "Numbers below are means over 2 seeds."
-    assert re.findall(r"`(\w+)`", collapse_sentence(sentences)) == ["pixelcnn_2"]
-    md = (layout.reports / "report.md").read_text()
-    assert "22.00 ± 2.83" in md and "Mean ± standard deviation over seeds 0, 1" in md
+    trend = claims_of(layout)["power_trend"]
+    assert "seed by seed" in trend["text"] and trend["numbers"]["spearman_rho_per_seed_std"] is not None
 
 
 @pytest.mark.parametrize("victim", ["metrics", "images", "history", "summary", "reference"])
@@ -245,11 +264,11 @@ def test_a_missing_input_names_the_file_and_writes_nothing(tmp_path, victim):
     params, layout = make_project(tmp_path)
     path = {"metrics": layout.metrics("mlp", 0),
             "images": layout.eval_dir("pixelcnn_2", 0) / "images.npz",
-            "history": layout.history("linear", 0),
+            "history": layout.history("conv", 0),
             "summary": layout.binarized_summary, "reference": layout.reference}[victim]
     path.unlink()
     fix = {"metrics": "`dvc repro evaluate@mlp-0`", "images": "`dvc repro evaluate@pixelcnn_2-0`",
-           "history": "`dvc repro train@linear-0`", "summary": "`dvc repro binarize`",
+           "history": "`dvc repro train@conv-0`", "summary": "`dvc repro binarize`",
            "reference": f"`git checkout -- {path}`"}[victim]
     with pytest.raises(DataError) as err:
         report.run(params, layout)
@@ -263,7 +282,7 @@ def test_a_corrupt_input_is_a_data_error(tmp_path, victim):
     params, layout = make_project(tmp_path)
     ev = layout.eval_dir("mlp", 0)
     path, content, message = {
-        "metrics": (layout.metrics("linear", 0), json.dumps({"kl_nats": 1.0}), "lacks nll_iw_nats"),
+        "metrics": (layout.metrics("conv", 0), json.dumps({"kl_nats": 1.0}), "lacks nll_iw_nats"),
         "images": (ev / "images.npz", (ev / "images.npz").read_bytes()[:200], "not a zip file"),
         "k_curve": (ev / "k_curve.csv", "k,nll\n1,2\n", "lacks nll_iw_nats, nll_iw_stderr_nats"),
         "nan": (layout.metrics("mlp", 0), layout.metrics("mlp", 0).read_text()
@@ -278,7 +297,7 @@ def test_a_corrupt_input_is_a_data_error(tmp_path, victim):
 
 
 def test_paper_scale_is_decided_from_the_data_and_text_is_escaped(tmp_path):
-    """Full split + K >= 5000 on all 10,000 test images: comparable; published text escaped."""
+    """Full split, full schedule, K >= 5000 on all 10,000 test images: comparable; text escaped."""
     params, layout = make_project(tmp_path)
     summary = json.loads(layout.binarized_summary.read_text())
     summary["train"]["n_images"] = 50000
@@ -286,14 +305,27 @@ def test_paper_scale_is_decided_from_the_data_and_text_is_escaped(tmp_path):
     for rung in LADDER:
         metrics = json.loads(layout.metrics(rung, 0).read_text())
         layout.metrics(rung, 0).write_text(json.dumps({**metrics, "iw_k": 5000, "n_test": 10000}))
+        history = pd.read_csv(layout.history(rung, 0))
+        history.assign(epoch=history["epoch"] * 50).to_csv(layout.history(rung, 0), index=False)
     published = pd.read_csv(layout.reference)
     published.loc[0, "model"] = "<b>Conv</b> & co"
     published.to_csv(layout.reference, index=False)
     report.run(params, layout)
     md, page = (layout.reports / "report.md").read_text(), (layout.reports / "index.html").read_text()
-    assert "This run is paper-scale (50,000 training images, K = 5,000 on 10,000 test images)" in md
+    assert ("This run is paper-scale (50,000 training images for 150 epochs, K = 5,000 on 10,000 "
+            "test images)") in md
     assert "NOT comparable" not in md and "NOT comparable" not in page
     assert "&lt;b&gt;Conv&lt;/b&gt; &amp; co" in page and "<b>Conv</b>" not in page
+    # a short training schedule is not comparable, whatever K and the test set
+    history = pd.read_csv(layout.history("mlp", 0))
+    history.assign(epoch=history["epoch"] * 30).to_csv(layout.history("mlp", 0), index=False)
+    data = report.collect(params, layout)
+    assert report.paper_scale(data, report.summarize(data, 1.0))[0] is True  # 150 epochs remain
+    for rung in LADDER:
+        history = pd.read_csv(layout.history(rung, 0))
+        history.assign(epoch=history["epoch"] // 2).to_csv(layout.history(rung, 0), index=False)
+    data = report.collect(params, layout)
+    assert report.paper_scale(data, report.summarize(data, 1.0))[0] is False  # 75 epochs
     # one rung short of the full test set: small-scale again
     metrics = json.loads(layout.metrics("mlp", 0).read_text())
     layout.metrics("mlp", 0).write_text(json.dumps({**metrics, "n_test": 9999}))
@@ -334,13 +366,13 @@ def test_cli_renders_the_report_and_reports_missing_files(tmp_path):
     cmd = [str(cli), "report", "--root", str(tmp_path), "--params", str(tmp_path / "params.yaml")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    assert "collapsed: `pixelcnn_2` (0.10 nats)" in done.stdout
+    assert "Spearman's rho between power and mean KL is -0.80" in done.stdout
     for name in ("results.csv", "report.md", "index.html", "figures/headline.png"):
         assert (tmp_path / "reports" / name).stat().st_size > 0
-    Layout(tmp_path).metrics("linear", 0).unlink()
+    Layout(tmp_path).metrics("conv", 0).unlink()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr
-    assert "error: report: 1 input file(s) missing" in done.stderr and "linear/seed0.json" in done.stderr
+    assert "error: report: 1 input file(s) missing" in done.stderr and "conv/seed0.json" in done.stderr
 
 
 def test_html_is_self_contained_and_escaped(rendered):

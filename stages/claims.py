@@ -1,0 +1,390 @@
+"""The report's findings as data: named claims computed from the results tables, then rendered.
+
+The study tests one claim: with the same spatial z pathway into every autoregressive rung, the
+information a VAE keeps in z (KL[q(z|x) || p(z)], nats) falls as the power of the decoder's
+autoregressive part (its causal receptive field) grows. Every claim here is a statistic over
+the rungs ordered by that power measure, with its spread over seeds, computed from:
+
+- `results`: one row per rung (stages.report.summarize): rung, role, power, receptive_field,
+  n_seeds, and per metric its mean and `<metric>_std` over seeds;
+- `per_seed`: rung, seed, kl_nats (one row per run), for statistics computed seed by seed;
+- `paired`: per seed, the per-image difference of log p(x) between the strongest VAE and the
+  decoder alone on the same test images (stages.report.paired_differences);
+- `history`: rung, seed, epoch, images_seen, valid_kl_nats, valid_elbo_nats (training);
+- `k_curves`: rung, k, nll_iw_nats (mean over seeds).
+
+Roles (stages.report.role): `trend` rungs are the points of the power axis; `comparison` (z as a
+per-channel bias), `mitigated` (KL warm-up, free bits) and `no z` (the decoder alone) rungs are
+shown but are never a point of the trend, the strongest rung, or the comparator of the baseline.
+
+A per-rung verdict against the collapse threshold is given only when the seeds' mean is more than
+two seed standard deviations from it (Spearman's rho: rank correlation, ties averaged).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+TREND, COMPARISON, MITIGATED, NO_Z = "trend", "comparison", "mitigated", "no z"
+COLLAPSED, KEPT, BORDERLINE, NOT_APPLICABLE, ONE_SEED = (
+    "collapsed", "not collapsed", "borderline", "n/a (no z)", "no verdict (one seed)")
+CHANCE = 0.1  # probe accuracy of a z that says nothing about the digit (10 classes)
+MI_BOUND_MARGIN = 0.5  # an MI estimate within this many nats of log M is only a lower bound
+LAST_EPOCHS = 3  # the ordering along the power axis must hold over this many final epochs
+
+
+@dataclass(frozen=True)
+class Claim:
+    name: str
+    text: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    def plain(self) -> dict[str, Any]:
+        """JSON-ready: numpy scalars as Python numbers, NaN as null."""
+        def conv(v: Any) -> Any:
+            if isinstance(v, dict):
+                return {str(k): conv(x) for k, x in v.items()}
+            if isinstance(v, (list, tuple)):
+                return [conv(x) for x in v]
+            if hasattr(v, "item"):
+                v = v.item()
+            return None if isinstance(v, float) and math.isnan(v) else v
+
+        return {"text": self.text, "numbers": conv(self.numbers)}
+
+
+def pm(mean: float, std: float, digits: int = 2, unit: str = "") -> str:
+    """'mean ± std unit', or the mean alone when the spread is unknown (one seed); never '-0.00'."""
+    mean = 0.0 if round(mean, digits) == 0 else mean
+    body = f"{mean:.{digits}f}" if pd.isna(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return body + unit
+
+
+def verdict(mean: float, std: float, n_seeds: int, threshold: float, uses_z: bool) -> str:
+    """Collapsed / not collapsed only when the mean is > 2 seed std from the threshold."""
+    if not uses_z:
+        return NOT_APPLICABLE
+    if n_seeds < 2 or pd.isna(std):
+        return ONE_SEED
+    if mean + 2 * std < threshold:
+        return COLLAPSED
+    if mean - 2 * std > threshold:
+        return KEPT
+    return BORDERLINE
+
+
+def spearman(x: list[float] | pd.Series, y: list[float] | pd.Series) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant."""
+    rx, ry = pd.Series(list(x), dtype=float).rank(), pd.Series(list(y), dtype=float).rank()
+    if len(rx) < 2 or rx.nunique() < 2 or ry.nunique() < 2:
+        return math.nan
+    return float(rx.corr(ry))
+
+
+def strictly(values: list[float], decreasing: bool) -> bool:
+    pairs = list(zip(values, values[1:]))
+    return all(b < a for a, b in pairs) if decreasing else all(b > a for a, b in pairs)
+
+
+def trend_rungs(results: pd.DataFrame) -> pd.DataFrame:
+    """The points of the power axis, weakest first."""
+    return results[results["role"] == TREND].sort_values("power")
+
+
+def _names(rungs) -> str:
+    return ", ".join(f"`{r}`" for r in rungs)
+
+
+def _rho_words(rho: float) -> str:
+    if pd.isna(rho):
+        return "shows no ordering (KL or power is constant)"
+    if rho <= -0.5:
+        return "falls with decoder power"
+    if rho >= 0.5:
+        return "rises with decoder power"
+    return "shows no consistent trend with decoder power"
+
+
+def power_trend(results: pd.DataFrame, per_seed: pd.DataFrame) -> Claim | None:
+    """Spearman's rho between power and mean KL over the trend rungs, and per seed."""
+    trend = trend_rungs(results)
+    if len(trend) < 3:
+        return None
+    rho = spearman(trend["power"], trend["kl_nats"])
+    seeds = sorted(per_seed["seed"].unique())
+    per = []
+    for s in seeds:
+        kl = per_seed[per_seed["seed"] == s].set_index("rung")["kl_nats"]
+        if set(trend["rung"]) <= set(kl.index):
+            per.append(spearman(trend["power"], kl[trend["rung"]].to_numpy()))
+    per_s = pd.Series(per, dtype=float)
+    monotone = strictly(list(trend["kl_nats"]), decreasing=True)
+    spread = (f" (seed by seed: {pm(per_s.mean(), per_s.std(ddof=1))} over {len(per_s)} seeds)"
+              if len(per_s) > 1 else "")
+    rises = []  # steps up the axis where the mean KL does not fall
+    for lo, hi in zip(trend.itertuples(), list(trend.itertuples())[1:]):
+        if hi.kl_nats >= lo.kl_nats:
+            noise = 2 * math.hypot(lo.kl_nats_std, hi.kl_nats_std)
+            beyond = (" (beyond two combined seed std)" if not pd.isna(noise) and hi.kl_nats - lo.kl_nats > noise
+                      else " (within two combined seed std)" if not pd.isna(noise) else "")
+            rises.append(f"`{lo.rung}` -> `{hi.rung}`, {lo.kl_nats:.2f} -> {hi.kl_nats:.2f} nats{beyond}")
+    shape = ("; the mean KL falls at every step up the axis" if monotone else
+             "; the mean KL does not fall at every step up the axis: it rises at "
+             + "; ".join(rises))
+    text = (f"Along the power axis ({len(trend)} rungs, weakest first: {_names(trend['rung'])}), "
+            f"KL {_rho_words(rho)}: Spearman's rho between power and mean KL is {rho:.2f}"
+            f"{spread}{shape}.")
+    return Claim("power_trend", text, {"spearman_rho": rho, "spearman_rho_per_seed_mean": per_s.mean(),
+                                       "rises": rises,
+                                       "spearman_rho_per_seed_std": per_s.std(ddof=1),
+                                       "n_rungs": len(trend), "monotone_decreasing": monotone})
+
+
+def kl_gone_at_top(results: pd.DataFrame, per_seed: pd.DataFrame) -> Claim | None:
+    """Share of the factorized rungs' mean KL that is gone at the strongest trend rung."""
+    trend = trend_rungs(results)
+    factorized, top = trend[trend["receptive_field"] == 0], trend.iloc[-1] if len(trend) else None
+    if top is None or factorized.empty or top["receptive_field"] == 0:
+        return None
+    shares = []
+    for s in sorted(per_seed["seed"].unique()):
+        kl = per_seed[per_seed["seed"] == s].set_index("rung")["kl_nats"]
+        if set(factorized["rung"]) | {top["rung"]} <= set(kl.index):
+            base = kl[factorized["rung"]].mean()
+            shares.append(1 - kl[top["rung"]] / base if base > 0 else math.nan)
+    shares_s = pd.Series(shares, dtype=float)
+    base_mean = factorized["kl_nats"].mean()
+    share = 1 - top["kl_nats"] / base_mean if base_mean > 0 else math.nan
+    text = (f"At the strongest rung `{top['rung']}` (receptive field {int(top['receptive_field'])} "
+            f"pixels) KL is {pm(top['kl_nats'], top['kl_nats_std'])} nats against a mean of "
+            f"{base_mean:.2f} nats on the factorized rungs ({_names(factorized['rung'])}): "
+            f"{pm(100 * share, 100 * shares_s.std(ddof=1), 1)}% of it is gone"
+            + (" (spread: std of the share computed seed by seed)." if len(shares_s) > 1 else "."))
+    return Claim("kl_gone_at_top", text, {"top_rung": top["rung"], "share_gone": share,
+                                          "share_gone_std": shares_s.std(ddof=1),
+                                          "factorized_kl_nats": base_mean})
+
+
+def verdicts(results: pd.DataFrame, threshold: float) -> Claim:
+    """Which rungs collapsed, which kept z, which are borderline, by the 2-std rule."""
+    ordered = results.sort_values("power")
+    groups = {v: ordered[ordered["verdict"] == v] for v in (COLLAPSED, KEPT, BORDERLINE, ONE_SEED)}
+    parts = []
+    for v, label in ((COLLAPSED, "collapsed"), (KEPT, "kept information in z"),
+                     (BORDERLINE, "borderline (within two seed std of the threshold, no verdict)"),
+                     (ONE_SEED, "without a verdict (one seed gives no spread)")):
+        g = groups[v]
+        if len(g):
+            listed = ", ".join(f"`{r.rung}` ({pm(r.kl_nats, r.kl_nats_std)})" for r in g.itertuples())
+            parts.append(f"{label}: {listed}")
+    no_z = ordered[ordered["verdict"] == NOT_APPLICABLE]
+    text = (f"Against the threshold KL < {threshold:g} nats, with a verdict only where the seeds' "
+            f"mean is more than two standard deviations from it: " + "; ".join(parts) + "."
+            + (f" {_names(no_z['rung'])} {'has' if len(no_z) == 1 else 'have'} no z: n/a."
+               if len(no_z) else ""))
+    return Claim("verdicts", text, {v: list(g["rung"]) for v, g in groups.items()})
+
+
+def pathway(results: pd.DataFrame) -> list[Claim]:
+    """Rungs that differ only in how z reaches the decoder, side by side."""
+    out = []
+    configs = {r.rung: json.loads(r.config) for r in results.itertuples()}
+    by_name = results.set_index("rung")
+    for name, cfg in configs.items():
+        if cfg.get("z_pathway") != "bias" or not cfg.get("conditional", True):
+            continue
+        twin = next((n for n, c in configs.items() if n != name
+                     and c == {**cfg, "z_pathway": "spatial"}), None)
+        if twin is None:
+            continue
+        a, b = by_name.loc[name], by_name.loc[twin]
+        diff = b["kl_nats"] - a["kl_nats"]
+        spread = math.hypot(a["kl_nats_std"], b["kl_nats_std"]) if a["n_seeds"] > 1 else math.nan
+        clear = not pd.isna(spread) and abs(diff) > 2 * spread
+        text = (f"How z enters matters: with z as a per-channel bias, `{name}` keeps "
+                f"{pm(a['kl_nats'], a['kl_nats_std'])} nats of KL; the same architecture with the "
+                f"spatial pathway (`{twin}`) keeps {pm(b['kl_nats'], b['kl_nats_std'])} nats"
+                + (f", a difference of {diff:.2f} nats, more than two combined seed std." if clear
+                   else f", a difference of {diff:.2f} nats that is within two combined seed std."
+                   if not pd.isna(spread) else f", a difference of {diff:.2f} nats (one seed)."))
+        out.append(Claim(f"pathway_{name}", text, {"bias_rung": name, "spatial_rung": twin,
+                                                   "kl_difference_nats": diff,
+                                                   "beyond_two_std": clear}))
+    return out
+
+
+def decoder_alone(paired: pd.DataFrame | None, vae: str | None, baseline: str | None) -> Claim | None:
+    """The strongest VAE against the decoder alone, by paired per-image differences."""
+    if paired is None or paired.empty or vae is None or baseline is None:
+        return None
+    n_seeds, n_images = len(paired), int(paired["n_images"].min())
+    parts, numbers = [], {"vae_rung": vae, "baseline_rung": baseline, "n_seed_pairs": n_seeds}
+    for key, label in (("iw", "importance-weighted log p(x)"), ("elbo", "ELBO")):
+        d, se = paired[f"{key}_diff_nats"], paired[f"{key}_diff_se_nats"].mean()
+        mean, std = d.mean(), d.std(ddof=1) if n_seeds > 1 else math.nan
+        noise = max(2 * std if not pd.isna(std) else 0.0, 2 * se)
+        word = ("indistinguishable from" if abs(mean) <= noise else
+                "higher than" if mean > 0 else "lower than")
+        parts.append(f"by the {label} it is {word} the decoder alone's "
+                     f"({pm(mean, std)} nats; per-image s.e. {se:.2f})")
+        numbers.update({f"{key}_diff_nats": mean, f"{key}_diff_std_nats": std,
+                        f"{key}_diff_se_nats": se, f"{key}_verdict": word})
+    text = (f"Paired over the same {n_images} test images, seed by seed ({n_seeds} "
+            f"pair{'s' if n_seeds != 1 else ''}), the strongest VAE `{vae}` against the decoder "
+            f"alone `{baseline}` (VAE minus decoder alone, mean ± std over seed pairs; 'higher' or "
+            f"'lower' only beyond two std and two s.e.): " + "; ".join(parts) + ".")
+    return Claim("decoder_alone", text, numbers)
+
+
+def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None:
+    """Does the ordering of KL along the power axis change with training?
+
+    Over the last LAST_EPOCHS epochs, a pair of trend rungs is *clearly ordered* at an epoch when
+    their mean validation KL differ by more than two combined seed std; the ordering is stable
+    when no pair that is clearly ordered at some epoch of that window is reversed at another.
+    Pairs never clearly ordered are ties within seed spread, whichever way their means fall.
+    """
+    trend = trend_rungs(results)
+    if len(trend) < 2 or history.empty:
+        return None
+    h = history[history["rung"].isin(trend["rung"])]
+    grouped = h.groupby(["epoch", "rung"])["valid_kl_nats"]
+    mean = grouped.mean().unstack("rung").dropna()  # (epochs, rungs)
+    std = grouped.std(ddof=1).unstack("rung").reindex(mean.index).fillna(0.0)
+    if mean.empty:
+        return None
+    names = list(trend["rung"])
+    mean, std = mean[names], std[names]
+    epochs = list(mean.index)
+    orders = {e: tuple(mean.loc[e].sort_values(ascending=False).index) for e in epochs}
+    rhos = {e: spearman(trend["power"], mean.loc[e].to_numpy()) for e in epochs}
+    changes = sum(orders[a] != orders[b] for a, b in zip(epochs, epochs[1:]))
+    last = epochs[-LAST_EPOCHS:]
+    reversed_pairs, ties = [], []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            diff = mean.loc[last, a] - mean.loc[last, b]  # (epochs,)
+            clear = diff.abs() > 2 * (std.loc[last, a] ** 2 + std.loc[last, b] ** 2) ** 0.5
+            signs = set(diff[diff != 0].apply(lambda d: d > 0))
+            if clear.any() and len(signs) > 1:
+                reversed_pairs.append((a, b))
+            elif not clear.any() and len(signs) > 1:
+                ties.append((a, b))
+    stable = not reversed_pairs and len(last) > 1
+    span = f"epochs {last[0]}-{last[-1]}"
+    pairs = lambda ps: ", ".join(f"`{a}`/`{b}`" for a, b in ps)  # noqa: E731
+    text = (f"Training length: over epochs {epochs[0]}-{epochs[-1]} (validation KL, mean over "
+            f"seeds), Spearman's rho between power and KL per epoch is "
+            f"{', '.join(f'{rhos[e]:.2f}' for e in epochs)}, and the ordering of the mean KL "
+            f"changes {changes} time(s). ")
+    if len(last) < 2:
+        text += f"The schedule is too short to test stability ({len(last)} epoch)."
+    elif stable:
+        text += (f"Over the last {len(last)} epochs ({span}) no two rungs whose KL differ by more "
+                 "than two seed std trade places: the ordering is stable"
+                 + (f"; {pairs(ties)} stay within seed spread of each other and swap places "
+                    "without a clear difference." if ties else "."))
+    else:
+        text += (f"Over the last {len(last)} epochs ({span}) the ordering is NOT stable: "
+                 f"{pairs(reversed_pairs)} trade places after being more than two seed std apart; "
+                 "the conclusion depends on the training length.")
+    return Claim("training_order", text, {"stable_over_last_epochs": stable,
+                                          "rho_per_epoch": [rhos[e] for e in epochs],
+                                          "n_order_changes": changes,
+                                          "reversed_pairs": reversed_pairs, "ties": ties})
+
+
+def probe(results: pd.DataFrame) -> Claim | None:
+    """Digit read from sampled z along the power axis, beside the decoder alone's floor."""
+    with_z = results[results["role"] != NO_Z].sort_values("power")
+    if with_z.empty:
+        return None
+    listed = ", ".join(f"`{r.rung}` {pm(100 * r.probe_accuracy, 100 * r.probe_accuracy_std, 1)}%"
+                       for r in with_z.itertuples())
+    floor = results[results["role"] == NO_Z]
+    floor_text = ("; the decoder alone's z (trained, but unused by its decoder) gives "
+                  + ", ".join(f"{pm(100 * r.probe_accuracy, 100 * r.probe_accuracy_std, 1)}% "
+                              f"(`{r.rung}`)" for r in floor.itertuples()) + ", the floor"
+                  if len(floor) else "")
+    text = (f"A linear probe on sampled z ~ q(z|x) reads the digit with {listed}{floor_text}; "
+            f"chance is {CHANCE:.0%}.")
+    return Claim("probe", text, {r.rung: r.probe_accuracy for r in results.itertuples()})
+
+
+def mutual_information(results: pd.DataFrame) -> Claim | None:
+    with_z = results[results["role"] != NO_Z].sort_values("power")
+    if with_z.empty:
+        return None
+    cap = float(with_z["mi_cap_nats"].min())
+    bounded = with_z[with_z["mi_nats"] >= with_z["mi_cap_nats"] - MI_BOUND_MARGIN]
+    text = (f"The mutual information I_q(x; z) is estimated with q(z) a mixture of M posteriors and "
+            f"cannot exceed log M = {cap:.2f} nats; "
+            + (f"{_names(bounded['rung'])} {'is' if len(bounded) == 1 else 'are'} within "
+               f"{MI_BOUND_MARGIN:g} nats of that cap, so {'its' if len(bounded) == 1 else 'their'} "
+               f"MI is shown as a lower bound (>=)." if len(bounded) else
+               f"every estimate is more than {MI_BOUND_MARGIN:g} nats below it."))
+    return Claim("mutual_information", text, {"mi_cap_nats": cap, "lower_bounds": list(bounded["rung"])})
+
+
+def bound_gap(results: pd.DataFrame) -> Claim | None:
+    trend = trend_rungs(results)
+    if len(trend) < 2:
+        return None
+    gaps = list(trend["bound_gap_nats"])
+    shape = ("shrinks at every step up the power axis" if strictly(gaps, decreasing=True) else
+             "grows at every step up the power axis" if strictly(gaps, decreasing=False) else
+             "is not monotone along the power axis")
+    lo, hi = trend.loc[trend["bound_gap_nats"].idxmin()], trend.loc[trend["bound_gap_nats"].idxmax()]
+    text = (f"The bound gap -ELBO - NLL_IW {shape}: from "
+            f"{pm(trend.iloc[0]['bound_gap_nats'], trend.iloc[0]['bound_gap_nats_std'])} nats "
+            f"(`{trend.iloc[0]['rung']}`) to {pm(trend.iloc[-1]['bound_gap_nats'], trend.iloc[-1]['bound_gap_nats_std'])}"
+            f" nats (`{trend.iloc[-1]['rung']}`), smallest on `{lo['rung']}`, largest on `{hi['rung']}`.")
+    return Claim("bound_gap", text, {"gaps_along_power": gaps})
+
+
+K_TOLERANCE = 0.01  # nats: a change with K smaller than this is below the estimate's precision
+
+
+def k_convergence(k_curves: pd.DataFrame, order: list[str]) -> Claim | None:
+    """Is the IW estimate non-increasing in K for every rung (means over seeds), up to
+    K_TOLERANCE?"""
+    if k_curves.empty:
+        return None
+    rising, drops = [], {}
+    for rung in order:
+        c = k_curves[k_curves["rung"] == rung].sort_values("k")
+        if c.empty:
+            continue
+        nll = list(c["nll_iw_nats"])
+        if any(b > a + K_TOLERANCE for a, b in zip(nll, nll[1:])):
+            rising.append(rung)
+        drops[rung] = nll[0] - nll[-1]
+    kmax = int(k_curves["k"].max())
+    big = max(drops, key=drops.get)
+    shown = {r: 0.0 if abs(d) < 0.005 else d for r, d in drops.items()}  # no "-0.00"
+    text = ((f"The IW estimate of -log p(x) does not rise with K by more than {K_TOLERANCE:g} nats "
+             "on any rung"
+             if not rising else
+             f"The IW estimate of -log p(x) rises with K by more than {K_TOLERANCE:g} nats somewhere "
+             f"on {_names(rising)} (sampling noise: the estimate is a stochastic bound)")
+            + f"; from K = 1 to K = {kmax:,} it drops by between {min(shown.values()):.2f} and "
+              f"{max(shown.values()):.2f} nats, most on `{big}`.")
+    return Claim("k_convergence", text, {"drop_nats": drops, "rising": rising,
+                                         "tolerance_nats": K_TOLERANCE})
+
+
+def all_claims(results: pd.DataFrame, per_seed: pd.DataFrame, paired: pd.DataFrame | None,
+               history: pd.DataFrame, k_curves: pd.DataFrame, threshold: float,
+               vae: str | None, baseline: str | None) -> list[Claim]:
+    """Every claim the numbers support, in reading order."""
+    order = list(results.sort_values("power")["rung"])
+    claims = [power_trend(results, per_seed), kl_gone_at_top(results, per_seed),
+              verdicts(results, threshold), *pathway(results), training_order(results, history),
+              decoder_alone(paired, vae, baseline), probe(results), mutual_information(results),
+              bound_gap(results), k_convergence(k_curves, order)]
+    return [c for c in claims if c is not None]

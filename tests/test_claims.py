@@ -1,0 +1,197 @@
+"""The report's claims as data: tables whose truth is known in advance (non-monotone, borderline,
+rising, with a mitigated rung appended) must never produce a false sentence."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from stages import claims, report
+from stages.params import parse_rung
+from stages.schema import Errors
+
+NAN = math.nan
+
+
+def table(kl: list[float], std: list[float] | None = None, roles: list[str] | None = None,
+          rf: list[int] | None = None, gaps: list[float] | None = None, threshold: float = 1.0,
+          n_seeds: int = 3) -> pd.DataFrame:
+    """A results table in power order: rung r0 (weakest) .. r{n-1}."""
+    n = len(kl)
+    std = std or [0.1] * n
+    roles = roles or [claims.TREND] * n
+    rf = rf or [0] * 2 + [4 * i for i in range(1, n - 1)]
+    gaps = gaps or [5.0 - 0.5 * i for i in range(n)]
+    rows = []
+    for i in range(n):
+        rows.append({"rung": f"r{i}", "role": roles[i], "power": i, "receptive_field": rf[i],
+                     "family": "pixelcnn" if rf[i] else "conv", "uses_z": roles[i] != claims.NO_Z,
+                     "n_seeds": n_seeds, "kl_nats": kl[i], "kl_nats_std": std[i],
+                     "bound_gap_nats": gaps[i], "bound_gap_nats_std": 0.1, "mi_nats": min(kl[i], 9.0),
+                     "mi_nats_std": 0.1, "mi_cap_nats": 9.2, "probe_accuracy": 0.5,
+                     "probe_accuracy_std": 0.01, "config": json.dumps({"family": "conv"}),
+                     "verdict": claims.verdict(kl[i], std[i], n_seeds, threshold,
+                                               roles[i] != claims.NO_Z)})
+    return pd.DataFrame(rows)
+
+
+def per_seed(results: pd.DataFrame, offsets=(-0.1, 0.0, 0.1)) -> pd.DataFrame:
+    return pd.DataFrame([{"rung": r.rung, "seed": s, "kl_nats": r.kl_nats + o}
+                         for r in results.itertuples() for s, o in enumerate(offsets)])
+
+
+def test_a_monotone_fall_is_called_monotone_and_a_bump_is_not():
+    falling = table([30.0, 25.0, 9.0, 4.0, 0.5])
+    text = claims.power_trend(falling, per_seed(falling)).text
+    assert "falls with decoder power" in text and "falls at every step up the axis" in text
+    assert "rho between power and mean KL is -1.00" in text
+    bumpy = table([30.0, 25.0, 9.0, 12.0, 0.5])
+    text = claims.power_trend(bumpy, per_seed(bumpy)).text
+    assert "does not fall at every step" in text and "is -0.90" in text
+    assert "rises at `r2` -> `r3`, 9.00 -> 12.00 nats (beyond two combined seed std)" in text
+    close = table([30.0, 25.0, 9.0, 9.1, 0.5], std=[0.1, 0.1, 0.2, 0.2, 0.1])
+    text = claims.power_trend(close, per_seed(close)).text
+    assert "`r2` -> `r3`, 9.00 -> 9.10 nats (within two combined seed std)" in text
+
+
+def test_a_rising_or_flat_kl_is_never_reported_as_falling():
+    rising = table([1.0, 2.0, 3.0, 4.0, 5.0])
+    text = claims.power_trend(rising, per_seed(rising)).text
+    assert "rises with decoder power" in text and "falls with" not in text
+    flat = table([5.0, 1.0, 9.0, 2.0, 5.5])
+    text = claims.power_trend(flat, per_seed(flat)).text
+    assert "no consistent trend" in text and "falls with" not in text
+
+
+@pytest.mark.parametrize("mean, std, n, expected", [
+    (0.5, 0.2, 3, claims.COLLAPSED),      # 0.5 + 0.4 < 1
+    (0.7, 0.2, 3, claims.BORDERLINE),     # 0.7 + 0.4 > 1
+    (0.97, 0.01, 3, claims.COLLAPSED),    # 0.99 < 1: tight seeds decide even close to the line
+    (1.5, 0.2, 3, claims.KEPT),
+    (1.3, 0.2, 3, claims.BORDERLINE),
+    (0.2, NAN, 1, claims.ONE_SEED),       # one seed: no spread, no verdict
+    (1.0, 0.0, 3, claims.BORDERLINE),     # exactly on the line
+])
+def test_a_verdict_needs_two_seed_std_of_clearance(mean, std, n, expected):
+    assert claims.verdict(mean, std, n, 1.0, uses_z=True) == expected
+    assert claims.verdict(mean, std, n, 1.0, uses_z=False) == claims.NOT_APPLICABLE
+
+
+def test_the_verdict_sentence_lists_borderline_rungs_without_calling_them_collapsed():
+    results = table([30.0, 25.0, 0.9, 0.4, 0.2], std=[1.0, 1.0, 0.1, 0.1, 0.45])
+    c = claims.verdicts(results, 1.0)
+    assert c.numbers[claims.BORDERLINE] == ["r2", "r4"] and c.numbers[claims.COLLAPSED] == ["r3"]
+    collapsed_part = c.text.split("collapsed: ")[1].split(";")[0]
+    assert "r2" not in collapsed_part and "r4" not in collapsed_part and "`r3`" in collapsed_part
+
+
+def test_an_appended_mitigated_rung_is_never_the_top_the_comparator_or_a_trend_point():
+    results = table([30.0, 25.0, 9.0, 0.5, 40.0, 0.01],
+                    roles=[claims.TREND] * 4 + [claims.MITIGATED, claims.NO_Z],
+                    rf=[0, 0, 4, 24, 192, 192])
+    seeds = per_seed(results)
+    top = claims.kl_gone_at_top(results, seeds)
+    assert top.numbers["top_rung"] == "r3"
+    assert top.numbers["share_gone"] == pytest.approx(1 - 0.5 / 27.5)
+    trend = claims.power_trend(results, seeds)
+    assert trend.numbers["n_rungs"] == 4 and "`r4`" not in trend.text
+    assert report.comparators(results) == ("r3", "r5")
+    verdicts = claims.verdicts(results, 1.0)
+    assert "`r5` has no z: n/a" in verdicts.text
+
+
+def test_mitigated_comparison_and_no_z_roles_come_from_the_config():
+    def rung(raw):
+        return parse_rung("r", raw, "r", Errors())
+
+    assert report.role(rung({"family": "pixelcnn"}), True) == claims.TREND
+    assert report.role(rung({"family": "pixelcnn", "free_bits": 0.5}), True) == claims.MITIGATED
+    assert report.role(rung({"family": "pixelcnn", "kl_warmup_steps": 10}), True) == claims.MITIGATED
+    assert report.role(rung({"family": "pixelcnn", "z_pathway": "bias"}), True) == claims.COMPARISON
+    assert report.role(rung({"family": "pixelcnn", "conditional": False}), False) == claims.NO_Z
+    assert report.role(rung({"family": "mlp"}), True) == claims.TREND
+
+
+def history(kl_by_epoch: dict[str, list[float]]) -> pd.DataFrame:
+    rows = [{"rung": r, "seed": s, "epoch": e + 1, "images_seen": 1000 * (e + 1),
+             "valid_kl_nats": kl + 0.01 * s, "valid_elbo_nats": -100.0}
+            for r, kls in kl_by_epoch.items() for e, kl in enumerate(kls) for s in range(2)]
+    return pd.DataFrame(rows)
+
+
+def test_training_order_reports_a_late_swap_as_unstable_and_a_fixed_order_as_stable():
+    results = table([30.0, 25.0, 9.0, 4.0])
+    stable = history({"r0": [20, 25, 28, 30], "r1": [15, 20, 23, 25], "r2": [3, 6, 8, 9],
+                      "r3": [1, 2, 3, 4]})
+    c = claims.training_order(results, stable)
+    assert c.numbers["stable_over_last_epochs"] is True and "is stable" in c.text
+    assert "NOT" not in c.text
+    late_swap = history({"r0": [20, 25, 28, 30], "r1": [15, 20, 29, 25], "r2": [3, 6, 8, 9],
+                         "r3": [1, 2, 3, 4]})
+    c = claims.training_order(results, late_swap)
+    assert c.numbers["stable_over_last_epochs"] is False and "NOT stable" in c.text
+    assert "`r0`/`r1` trade places" in c.text
+
+
+def test_rungs_within_seed_spread_that_swap_are_ties_not_instability():
+    results = table([30.0, 25.0, 2.1, 2.0])
+    noisy = history({"r0": [20, 25, 28, 30], "r1": [15, 20, 23, 25], "r2": [1.0, 2.0, 1.9, 2.1],
+                     "r3": [1.0, 1.9, 2.0, 2.0]})
+    noisy.loc[noisy["rung"].isin(["r2", "r3"]), "valid_kl_nats"] += noisy["seed"] * 0.5  # wide seeds
+    c = claims.training_order(results, noisy)
+    assert c.numbers["stable_over_last_epochs"] is True and c.numbers["ties"] == [("r2", "r3")]
+    assert "`r2`/`r3` stay within seed spread" in c.text and "NOT" not in c.text
+
+
+@pytest.mark.parametrize("diffs, se, word", [
+    ([0.1, -0.2, 0.05], 0.1, "indistinguishable from"),   # within seed noise
+    ([3.0, 3.2, 2.9], 0.1, "higher than"),
+    ([-3.0, -3.2, -2.9], 0.1, "lower than"),
+    ([3.0, 3.2, 2.9], 2.0, "indistinguishable from"),     # within the per-image s.e.
+])
+def test_the_decoder_alone_comparison_needs_the_difference_beyond_its_noise(diffs, se, word):
+    paired = pd.DataFrame({"seed": range(3), "n_images": 500, "iw_diff_nats": diffs,
+                           "iw_diff_se_nats": se, "elbo_diff_nats": diffs, "elbo_diff_se_nats": se})
+    c = claims.decoder_alone(paired, "vae", "alone")
+    assert c.numbers["iw_verdict"] == word and c.numbers["elbo_verdict"] == word
+    assert f"importance-weighted log p(x) it is {word}" in c.text and "500 test images" in c.text
+
+
+def test_k_convergence_names_the_rungs_where_the_estimate_rises():
+    curves = pd.DataFrame({"rung": ["a"] * 3 + ["b"] * 3, "k": [1, 10, 100] * 2,
+                           "nll_iw_nats": [90, 89, 88.5, 80, 80.2, 79.9]})
+    c = claims.k_convergence(curves, ["a", "b"])
+    assert c.numbers["rising"] == ["b"] and "by more than 0.01 nats somewhere on `b`" in c.text
+    fine = curves.assign(nll_iw_nats=[90, 89, 88.5, 80, 80.005, 79.9])  # a rise below the tolerance
+    c = claims.k_convergence(fine, ["a", "b"])
+    assert "does not rise with K by more than 0.01 nats on any rung" in c.text and "most on `a`" in c.text
+    exact = curves.assign(nll_iw_nats=[90, 89, 88.5, 80, 80.000001, 80.000001])  # no z: constant
+    assert "between 0.00 and 1.50 nats" in claims.k_convergence(exact, ["a", "b"]).text
+
+
+def test_mi_estimates_near_their_cap_are_named_lower_bounds():
+    results = table([30.0, 25.0, 9.0, 0.5])  # mi = min(kl, 9) against a cap of 9.2
+    c = claims.mutual_information(results)
+    assert c.numbers["lower_bounds"] == ["r0", "r1", "r2"] and "lower bound" in c.text
+    far = results.assign(mi_cap_nats=20.0)
+    assert "every estimate is more than 0.5 nats below it" in claims.mutual_information(far).text
+
+
+def test_the_bound_gap_is_called_monotone_only_when_it_is():
+    assert "shrinks at every step" in claims.bound_gap(table([30, 20, 9, 4])).text
+    bumpy = table([30, 20, 9, 4], gaps=[5.0, 3.0, 4.0, 1.0])
+    assert "is not monotone" in claims.bound_gap(bumpy).text
+
+
+def test_numbers_are_shown_with_their_spread_and_never_as_negative_zero():
+    assert claims.pm(2.164, 0.257) == "2.16 ± 0.26" and claims.pm(2.164, NAN) == "2.16"
+    assert claims.pm(-0.0004, 0.0001) == "0.00 ± 0.00"
+
+
+def test_claims_serialise_to_plain_json():
+    c = claims.Claim("x", "t", {"a": NAN, "b": pd.Series([1.5]).iloc[0], "c": [True, NAN]})
+    assert json.loads(json.dumps(c.plain())) == {"text": "t", "numbers": {"a": None, "b": 1.5,
+                                                                          "c": [True, None]}}
