@@ -38,6 +38,13 @@ def ensure_writable_dir(path: str | Path) -> Path:
     return path
 
 
+def output_error(target: str | Path, e: OSError) -> OutputError:
+    """The clear error for a failed write of `target`: a full disk named as such."""
+    if e.errno == errno.ENOSPC:
+        return OutputError(f"disk full while writing {target}; earlier outputs are intact")
+    return OutputError(f"cannot write {target}: {e.strerror or e}")
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temp path in target's folder; on success rename it onto target, else delete it."""
@@ -54,9 +61,7 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         os.replace(tmp, target)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
-            raise OutputError(f"disk full while writing {target}; earlier outputs are intact") from None
-        raise OutputError(f"cannot write {target}: {e.strerror or e}") from None
+        raise output_error(target, e) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

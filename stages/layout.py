@@ -29,7 +29,14 @@ class Layout:
         return self.root / f"data/models/{rung}/seed{seed}.pt"
 
     def history(self, rung: str, seed: int) -> Path:
-        return self.root / f"data/history/{rung}/seed{seed}.csv"
+        """DVCLive's folder of the training history: metrics.json and plots/metrics/*.tsv."""
+        return self.root / f"data/history/{rung}/seed{seed}"
+
+    def history_metrics(self, rung: str, seed: int) -> Path:
+        return self.history(rung, seed) / "metrics.json"
+
+    def history_plots(self, rung: str, seed: int) -> Path:
+        return self.history(rung, seed) / "plots/metrics"
 
     def metrics(self, rung: str, seed: int) -> Path:
         return self.root / f"data/metrics/{rung}/seed{seed}.json"

@@ -36,6 +36,7 @@ from stages import claims, figures, page
 from stages.errors import DataError
 from stages.fsutil import ensure_writable_dir, write_csv, write_json, write_text
 from stages.layout import Layout
+from stages.live import read_history
 from stages.model import build_decoder
 from stages.params import Rung, StudyParams
 
@@ -114,7 +115,7 @@ def _run_files(layout: Layout, r: str, s: int) -> dict[str, tuple[Path, str, Any
         "latent": (layout.latent_dims(r, s), evaluated, pd.read_csv, LATENT_COLUMNS),
         "images": (layout.eval_images(r, s), evaluated, _npz, IMAGE_KEYS),
         "info": (layout.eval_info(r, s), evaluated, _json, INFO_KEYS),
-        "history": (layout.history(r, s), trained, pd.read_csv, HISTORY_COLUMNS),
+        "history": (layout.history(r, s), trained, read_history, HISTORY_COLUMNS),
         "per_image": (layout.per_image(r, s), evaluated, pd.read_csv, PER_IMAGE_COLUMNS),
     }
 
@@ -130,7 +131,7 @@ def _inputs(params: StudyParams, layout: Layout) -> list[tuple[Path, str | None]
 
 def collect(params: StudyParams, layout: Layout) -> ReportData:
     """Read and validate every input; raise one DataError listing all missing files."""
-    missing = [(p, stage) for p, stage in _inputs(params, layout) if not p.is_file()]
+    missing = [(p, stage) for p, stage in _inputs(params, layout) if not p.exists()]
     if missing:
         lines = "\n".join(f"  - {p}  ({_fix(p, stage)})" for p, stage in missing[:20])
         more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""

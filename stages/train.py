@@ -12,7 +12,9 @@ Adam with a constant learning rate; the validation ELBO is measured every epoch 
 noise draw and the best-validation weights are the stage's output. Every epoch's random
 numbers come from generators seeded by (seed, epoch), and the last finished epoch is saved to
 a scratch checkpoint outside DVC's outputs: an interrupted run resumes there and ends with the
-same weights as an uninterrupted one. The scratch state is removed on success.
+same weights as an uninterrupted one. The scratch state is removed on success. Every epoch's
+row of the history is logged through DVCLive (`stages.live`), which is what `dvc exp show`,
+`dvc plots` and the report read.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from tqdm import tqdm
 from stages.checkpoint import describe, load_checkpoint, model_state, save_checkpoint
 from stages.data import Split, load_splits
 from stages.errors import TrainingDiverged
-from stages.fsutil import ensure_writable_dir, write_csv
+from stages.fsutil import ensure_writable_dir
 from stages.layout import Layout
+from stages.live import EpochLog
 from stages.model import VAE, EncoderConfig, GaussianEncoder, build_decoder
 from stages.params import Rung, StudyParams, TrainConfig
 from stages.runtime import (Precision, derive_seed, generator, resolve_device, resolve_precision,
@@ -102,8 +105,12 @@ def train_rung(
     data_id: str = "",
     progress: bool = True,
     on_epoch_end: Callable[[int], None] | None = None,
+    log: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
-    """Train one rung; return the best-validation checkpoint state and the epoch history."""
+    """Train one rung; return the best-validation checkpoint state and the epoch history.
+
+    `log(row)` receives every epoch's history row as it is finished (the rows a resumed run
+    already had first, so a fresh logger ends with the whole history)."""
     seed_everything(seed)
     model = precision.model(build_model(rung, encoder))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -121,6 +128,8 @@ def train_rung(
             optimizer.load_state_dict(state["optimizer_state"])
             start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
             print(f"resuming {rung.name} seed {seed} after epoch {state['epoch']} ({resume_path})")
+            for row in history if log is not None else ():
+                log(row)
         else:
             print(f"ignoring {resume_path}: it belongs to a run with other settings")
 
@@ -160,6 +169,8 @@ def train_rung(
                "valid_rec_nats": v["rec"], "beta": objective.beta(epoch * steps_per_epoch),
                "seconds": time.perf_counter() - t0}
         history.append(row)
+        if log is not None:
+            log(row)
         print(f"{rung.name} s{seed} epoch {epoch}: train ELBO {train_elbo:.2f}, valid ELBO "
               f"{v['elbo']:.2f}, valid KL {v['kl']:.2f} nats ({row['seconds']:.1f}s)", flush=True)
         if best is None or v["elbo"] > best["valid_elbo_nats"]:
@@ -187,18 +198,22 @@ def file_digest(path: Path) -> str:
 def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: bool = True) -> Path:
     """The stage: validate, check outputs are writable, train, write outputs atomically."""
     rung = params.rung(decoder)
-    model_path, history_path = layout.model(decoder, seed), layout.history(decoder, seed)
-    for folder in (model_path.parent, history_path.parent, layout.scratch(decoder, seed).parent):
+    model_path, history_dir = layout.model(decoder, seed), layout.history(decoder, seed)
+    for folder in (model_path.parent, history_dir.parent, layout.scratch(decoder, seed).parent):
         ensure_writable_dir(folder)
     splits = load_splits(layout.binarized)
     precision = resolve_precision(params.train.precision, resolve_device())
     print(f"train {decoder} seed {seed}: {rung.plain()} on {precision.device} ({precision.name}), "
           f"{len(splits['train'])} train / {len(splits['valid'])} valid images")
     scratch = layout.scratch(decoder, seed)
-    state, history = train_rung(rung, params.encoder, params.train, seed, splits["train"],
-                                splits["valid"], precision, resume_path=scratch,
-                                data_id=file_digest(layout.binarized), progress=progress)
+    epoch_log = EpochLog(history_dir, root=layout.root)
+    try:
+        state, _ = train_rung(rung, params.encoder, params.train, seed, splits["train"],
+                              splits["valid"], precision, resume_path=scratch,
+                              data_id=file_digest(layout.binarized), progress=progress,
+                              log=epoch_log.log)
+    finally:
+        epoch_log.close()
     save_checkpoint(model_path, state)
-    write_csv(history_path, history)
     scratch.unlink(missing_ok=True)
     return model_path

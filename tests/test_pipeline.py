@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from helpers import (REPO, TINY_PARAMS, downstream, dvc, env_with_venv, make_project, ran_stages,
@@ -89,7 +90,8 @@ def test_dvc_yaml_writes_where_the_code_expects(built):
 
     train_outs = [expand(o) for o in stages["train"]["outs"]]
     assert train_outs == [str(layout.model("RUNG", 7))]
-    assert [expand(next(iter(p))) for p in stages["train"]["plots"]] == [str(layout.history("RUNG", 7))]
+    assert [expand(next(iter(p))) for p in stages["train"]["plots"]] == [str(layout.history_plots("RUNG", 7))]
+    assert [expand(m) for m in stages["train"]["metrics"]] == [str(layout.history_metrics("RUNG", 7))]
     assert [expand(o) for o in stages["evaluate"]["outs"]] == [str(layout.eval_dir("RUNG", 7))]
     assert [expand(m) for m in stages["evaluate"]["metrics"]] == [str(layout.metrics("RUNG", 7))]
     assert stages["binarize"]["outs"] == [str(layout.binarized)]
@@ -145,8 +147,6 @@ def test_force_rerun_gives_identical_metrics(study):
 
 
 def test_the_report_shows_mean_and_spread_over_seeds(built):
-    import pandas as pd
-
     results = pd.read_csv(built / "reports/results.csv")
     assert list(results["rung"]) == RUNGS
     seeds = [json.loads((built / f"data/metrics/linear/seed{s}.json").read_text())["kl_nats"]
@@ -215,6 +215,59 @@ def test_a_queued_sweep_runs_in_parallel_and_compares_in_exp_show(study):
                 assert "data/metrics/pixelcnn_2/seed0.json" in data["metrics"]
     assert layers == {1, 3}
     dvc(study, "queue", "stop", check=False)
+
+
+def test_dvc_metrics_and_plots_show_the_training_history_dvclive_wrote(built):
+    metrics = json.loads(dvc(built, "metrics", "show", "--json").stdout)
+    files = next(iter(metrics.values()))["data"]
+    latest = files["data/history/linear/seed0/metrics.json"]["data"]
+    assert latest["step"] == PARAMS["train"]["epochs"] and "valid_kl_nats" in latest
+    plots = json.loads(dvc(built, "plots", "show", "--json").stdout)["data"]
+    [kl_plot] = [v for k, v in plots.items() if k.endswith("linear/seed0/plots/metrics/valid_kl_nats.tsv")]
+    values = kl_plot[0]["content"]["data"]["values"]  # the per-epoch curve DVC renders
+    assert [int(v["step"]) for v in values] == list(range(1, PARAMS["train"]["epochs"] + 1))
+    assert float(values[-1]["valid_kl_nats"]) == pytest.approx(latest["valid_kl_nats"])
+
+
+def running_metrics(root: Path, path: str) -> list[dict]:
+    """The metrics `dvc exp show` lists for running experiments (a queued run in its temp dir)."""
+    shown = json.loads(dvc(root, "exp", "show", "--json").stdout)
+    out = []
+    for commit in shown:
+        for exp in commit.get("experiments") or []:
+            if (exp.get("executor") or {}).get("state") == "running":
+                for rev in exp.get("revs", []):
+                    data = (rev.get("data") or {}).get("metrics", {}).get(path, {}).get("data")
+                    if data:
+                        out.append(data)
+    return out
+
+
+def test_dvc_exp_show_lists_a_queued_runs_metrics_while_it_trains(study):
+    epochs = 800  # tiny epochs: long enough for exp show to catch the run in the middle
+    path = "data/history/linear/seed0/metrics.json"
+    dvc(study, "exp", "run", "--queue", "-S", f"train.epochs={epochs}", "train@linear-0")
+    subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", "1"], cwd=study,
+                   env=env_with_venv(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   timeout=120, check=True)
+    seen, deadline = [], time.time() + 300
+    try:
+        while time.time() < deadline:
+            seen += [m["step"] for m in running_metrics(study, path)]
+            if any(0 < s < epochs for s in seen):
+                break
+            status = dvc(study, "queue", "status").stdout
+            if "Queued" not in status and "Running" not in status:
+                break
+            time.sleep(0.5)
+    finally:
+        deadline = time.time() + 300
+        while time.time() < deadline and any(
+                w in dvc(study, "queue", "status").stdout for w in ("Queued", "Running")):
+            time.sleep(2)
+        dvc(study, "queue", "stop", check=False)
+    assert any(0 < s < epochs for s in seen), f"exp show never showed the run mid-training: {seen}"
+    assert "Success" in dvc(study, "queue", "status").stdout
 
 
 def test_the_paper_profile_validates_and_expands_into_the_expected_stages(study):

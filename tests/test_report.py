@@ -20,6 +20,7 @@ import yaml
 from stages import report
 from stages.errors import DataError
 from stages.layout import Layout
+from stages.live import EpochLog, read_history
 from stages.params import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,8 +134,20 @@ def write_run(layout: Layout, rung: str, seed: int, v: dict, family: str) -> Non
                             "valid_elbo_nats": -elbo - 8 / epochs, "valid_kl_nats": valid_kl,
                             "valid_rec_nats": v["rec"] + 8 / epochs, "beta": 1.0,
                             "seconds": 4.0})
-    layout.history(rung, seed).parent.mkdir(parents=True, exist_ok=True)
-    history.to_csv(layout.history(rung, seed), index=False)
+    epoch_log = EpochLog(layout.history(rung, seed))  # the training stage's own logger
+    for row in history.to_dict("records"):
+        epoch_log.log(row)
+    epoch_log.close()
+
+
+def rescale_epochs(layout: Layout, rung: str, f) -> None:
+    """Relog seed 0's history of `rung` with epoch e renumbered f(e)."""
+    history = read_history(layout.history(rung, 0))
+    shutil.rmtree(layout.history(rung, 0))
+    epoch_log = EpochLog(layout.history(rung, 0))
+    for row in history.assign(epoch=f(history["epoch"])).to_dict("records"):
+        epoch_log.log(row)
+    epoch_log.close()
 
 
 def make_project(root: Path, seeds=(0,), threshold=1.0, jitter=None, rungs=tuple(LADDER)):
@@ -266,7 +279,7 @@ def test_a_missing_input_names_the_file_and_writes_nothing(tmp_path, victim):
             "images": layout.eval_dir("pixelcnn_2", 0) / "images.npz",
             "history": layout.history("conv", 0),
             "summary": layout.binarized_summary, "reference": layout.reference}[victim]
-    path.unlink()
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
     fix = {"metrics": "`dvc repro evaluate@mlp-0`", "images": "`dvc repro evaluate@pixelcnn_2-0`",
            "history": "`dvc repro train@conv-0`", "summary": "`dvc repro binarize`",
            "reference": f"`git checkout -- {path}`"}[victim]
@@ -305,8 +318,7 @@ def test_paper_scale_is_decided_from_the_data_and_text_is_escaped(tmp_path):
     for rung in LADDER:
         metrics = json.loads(layout.metrics(rung, 0).read_text())
         layout.metrics(rung, 0).write_text(json.dumps({**metrics, "iw_k": 5000, "n_test": 10000}))
-        history = pd.read_csv(layout.history(rung, 0))
-        history.assign(epoch=history["epoch"] * 50).to_csv(layout.history(rung, 0), index=False)
+        rescale_epochs(layout, rung, lambda e: e * 50)
     published = pd.read_csv(layout.reference)
     published.loc[0, "model"] = "<b>Conv</b> & co"
     published.to_csv(layout.reference, index=False)
@@ -317,13 +329,11 @@ def test_paper_scale_is_decided_from_the_data_and_text_is_escaped(tmp_path):
     assert "NOT comparable" not in md and "NOT comparable" not in page
     assert "&lt;b&gt;Conv&lt;/b&gt; &amp; co" in page and "<b>Conv</b>" not in page
     # a short training schedule is not comparable, whatever K and the test set
-    history = pd.read_csv(layout.history("mlp", 0))
-    history.assign(epoch=history["epoch"] * 30).to_csv(layout.history("mlp", 0), index=False)
+    rescale_epochs(layout, "mlp", lambda e: e * 30)
     data = report.collect(params, layout)
     assert report.paper_scale(data, report.summarize(data, 1.0))[0] is True  # 150 epochs remain
     for rung in LADDER:
-        history = pd.read_csv(layout.history(rung, 0))
-        history.assign(epoch=history["epoch"] // 2).to_csv(layout.history(rung, 0), index=False)
+        rescale_epochs(layout, rung, lambda e: e // 2)
     data = report.collect(params, layout)
     assert report.paper_scale(data, report.summarize(data, 1.0))[0] is False  # 75 epochs
     # one rung short of the full test set: small-scale again

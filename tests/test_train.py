@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers import synthetic_digits, tiny_params
@@ -12,6 +15,7 @@ from helpers import synthetic_digits, tiny_params
 from stages.checkpoint import load_checkpoint, load_model, save_checkpoint
 from stages.data import Split
 from stages.errors import TrainingDiverged
+from stages.live import EpochLog, read_history
 from stages.runtime import Precision
 from stages.train import Objective, train_rung
 
@@ -41,6 +45,37 @@ def test_a_few_epochs_of_training_raise_the_validation_elbo():
 
 class Interrupt(Exception):
     pass
+
+
+def test_a_resumed_run_logs_every_epoch_once_through_dvclive(tmp_path):
+    """DVC deletes the logger's folder before it reruns the stage; the resumed run replays the
+    epochs it had, so the logged history equals an uninterrupted run's."""
+    params = tiny_params()
+    config = dataclasses.replace(params.train, epochs=3)
+    args = (params.rung("linear"), params.encoder, config, 7, TRAIN, VALID, FP32)
+
+    def logged(folder, **kwargs):
+        epoch_log = EpochLog(folder)
+        try:
+            return train_rung(*args, progress=False, log=epoch_log.log, **kwargs)
+        finally:
+            epoch_log.close()
+
+    _, whole = logged(tmp_path / "whole")
+    scratch, resumed_dir = tmp_path / "resume.pt", tmp_path / "resumed"
+    with pytest.raises(Interrupt):
+        logged(resumed_dir, resume_path=scratch,
+               on_epoch_end=lambda e: (_ for _ in ()).throw(Interrupt()))
+    assert list(read_history(resumed_dir)["epoch"]) == [1]
+    shutil.rmtree(resumed_dir)  # what `dvc repro` does to a stage's outputs before rerunning it
+    logged(resumed_dir, resume_path=scratch)
+    ours, theirs = read_history(tmp_path / "whole"), read_history(resumed_dir)
+    assert list(ours["epoch"]) == [1, 2, 3]
+    cols = [c for c in whole.columns if c != "seconds"]
+    pd.testing.assert_frame_equal(ours[cols], theirs[cols])
+    pd.testing.assert_frame_equal(ours[cols], whole[cols], check_dtype=False)
+    metrics = json.loads((resumed_dir / "metrics.json").read_text())
+    assert metrics["step"] == 3 and metrics["valid_kl_nats"] == pytest.approx(whole["valid_kl_nats"].iloc[-1])
 
 
 @pytest.mark.parametrize("rung", ["linear", "pixelcnn_2"])
