@@ -441,6 +441,7 @@ def test_a_push_cut_mid_object_leaves_no_bad_object_and_a_retry_completes(study,
     assert set(objects(study / ".dvc/cache")) <= set(objects(remote)) and corrupt(remote) == []
     assert md5_of(object_path(remote, oid)) == oid
     assert "in sync" in dvc(study, "status", "--cloud").stdout
+    assert all(f.exists() for f in leftovers)  # DVC never cleans them up (docs/sharing.md)
 
 
 def test_a_pull_cut_mid_object_checks_out_nothing_half_written_and_a_retry_completes(study, sshd,
@@ -459,6 +460,7 @@ def test_a_pull_cut_mid_object_checks_out_nothing_half_written_and_a_retry_compl
     assert pull.returncode != 0, out
     assert "failed to pull data from the cloud" in out, out
     assert corrupt(cache) == [] and oid not in objects(cache)
+    assert strays(cache) == []  # the client removed its half-downloaded temp file
     # pull = fetch, then checkout; a failed fetch raises before the checkout: nothing is placed
     assert not (other / PAYLOAD).exists() and not (other / "data").exists()
     assert output_problems(other, allow_missing=True) == []
