@@ -277,7 +277,6 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
                 ties.append((a, b))
     stable = not reversed_pairs and len(last) > 1
     span = f"epochs {last[0]}-{last[-1]}"
-    pairs = lambda ps: ", ".join(f"`{a}`/`{b}`" for a, b in ps)  # noqa: E731
     text = (f"Training length: over epochs {epochs[0]}-{epochs[-1]} (validation KL, mean over "
             f"seeds), Spearman's rho between power and KL per epoch is "
             f"{', '.join(f'{rhos[e]:.2f}' for e in epochs)}, and the ordering of the mean KL "
@@ -297,6 +296,10 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
                                           "rho_per_epoch": [rhos[e] for e in epochs],
                                           "n_order_changes": changes,
                                           "reversed_pairs": reversed_pairs, "ties": ties})
+
+
+def pairs(rung_pairs: list[tuple[str, str]]) -> str:
+    return ", ".join(f"`{a}`/`{b}`" for a, b in rung_pairs)
 
 
 def probe(results: pd.DataFrame) -> Claim | None:

@@ -27,14 +27,15 @@ PROGRESS = typer.Option(True, "--progress/--no-progress",
 @app.command()
 def validate(params: Path = PARAMS) -> None:
     """Check params.yaml against the schema and list the ladder with each rung's power."""
+    from stages.model import build_decoder
     from stages.params import load_params
-    from stages.report import power_of, role
+    from stages.report import role
 
     p = load_params(params)
     for name, rung in p.decoders.items():
-        rf, _ = power_of(rung, p.encoder.latent_dim)
-        uses_z = getattr(rung.decoder, "conditional", True)
-        print(f"{name}: receptive field {rf} pixels, {role(rung, uses_z)}; {rung.plain()}")
+        decoder = build_decoder(rung.family, rung.decoder, p.encoder.latent_dim)
+        print(f"{name}: receptive field {decoder.receptive_field} pixels, "
+              f"{role(rung, decoder.uses_z)}; {rung.plain()}")
     print(f"{params}: valid ({len(p.decoders)} decoders x {len(p.seeds)} seeds)")
 
 
