@@ -126,12 +126,6 @@ def log_mixture_density(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
     return torch.cat(out)
 
 
-def log_aggregate_posterior(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
-                            chunk: int | None = None) -> torch.Tensor:
-    """`log_mixture_density` in fp32.  z: (S,D); mu, logvar: (M,D) -> (S,)"""
-    return log_mixture_density(z, mu, logvar, chunk).float()
-
-
 def mi_cap(m: int) -> float:
     """log M: the most `mutual_information` can report with a mixture of M posteriors."""
     return math.log(m)

@@ -266,12 +266,13 @@ def k_curve_table(data: ReportData) -> pd.DataFrame:
             .groupby(["rung", "k"], sort=False, as_index=False).mean())
 
 
-def study_claims(data: ReportData, results: pd.DataFrame, threshold: float) -> list[claims.Claim]:
+def study_claims(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
+                 k_curves: pd.DataFrame, threshold: float) -> list[claims.Claim]:
     per_seed = pd.DataFrame([{"rung": r, "seed": s, "kl_nats": run.metrics["kl_nats"]}
                              for (r, s), run in data.runs.items()])
     vae, baseline = comparators(results)
     return claims.all_claims(results, per_seed, paired_differences(data, vae, baseline),
-                             history_table(data), k_curve_table(data), threshold, vae, baseline)
+                             history, k_curves, threshold, vae, baseline)
 
 
 def paper_scale(data: ReportData, results: pd.DataFrame) -> tuple[bool, str]:
@@ -311,7 +312,8 @@ def dvc_version() -> str:
         return "unknown"
 
 
-def build_figures(data: ReportData, results: pd.DataFrame, threshold: float) -> dict[str, Any]:
+def build_figures(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
+                  k_curves: pd.DataFrame, threshold: float) -> dict[str, Any]:
     """Every figure, in memory, keyed by file name; rungs in order of decoder power."""
     names, seed0 = list(results["rung"]), data.params.seeds[0]
     kl_sorted = np.array([np.mean([np.sort(data.runs[(r, s)].latent["kl_nats"].to_numpy())[::-1]
@@ -320,9 +322,9 @@ def build_figures(data: ReportData, results: pd.DataFrame, threshold: float) -> 
     side = set(results.loc[results["role"] != claims.TREND, "rung"])
     return {
         "headline": figures.headline(results, threshold),
-        "kl_training": figures.kl_training(history_table(data), names, side, threshold),
+        "kl_training": figures.kl_training(history, names, side, threshold),
         "rate_distortion": figures.rate_distortion(results),
-        "k_convergence": figures.k_convergence(k_curve_table(data), names, side),
+        "k_convergence": figures.k_convergence(k_curves, names, side),
         "reconstructions": figures.image_grid(
             {r: im["recon_probs"] for r, im in images.items()},
             "Reconstructions p(x | z = E_q[z|x]) of the same test digits", images[names[0]]["x"]),
@@ -339,8 +341,9 @@ def run(params: StudyParams, layout: Layout) -> pd.DataFrame:
     out = ensure_writable_dir(layout.reports)
     figure_dir = ensure_writable_dir(out / "figures")
     results = summarize(data, threshold)
-    found = study_claims(data, results, threshold)
-    figs = build_figures(data, results, threshold)
+    history, k_curves = history_table(data), k_curve_table(data)  # shared by claims and figures
+    found = study_claims(data, results, history, k_curves, threshold)
+    figs = build_figures(data, results, history, k_curves, threshold)
     scale = paper_scale(data, results)
     provenance = {"git": git_revision(layout.root), "dvc": dvc_version()}
     for name, fig in figs.items():
