@@ -1,7 +1,7 @@
 """The training history, written once per epoch through DVC's own logger (DVCLive) and read back.
 
 Each train stage logs its per-epoch row (validation ELBO, KL, reconstruction, ...) with
-`dvclive.Live` into `data/live/<rung>/seed<seed>/`:
+`dvclive.Live` into `data/history/<rung>/seed<seed>/` (`Layout.history`):
 - `metrics.json`: the latest epoch's values, declared as the stage's DVC metrics, so
   `dvc metrics show` and `dvc exp show` list them, also for a queued experiment while it
   trains (DVC reads the running experiment's workspace);
