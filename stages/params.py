@@ -51,6 +51,10 @@ class TrainConfig:
     lr: float = spec(check=_unit_interval_open)
     precision: str = spec(choices=("auto", "bf16", "fp32"))
     valid_subset: int | None = spec(min=1, max=N_MNIST_TRAIN - 1, doc="valid images per epoch")
+    patience: int | None = spec(min=1, max=100000, doc="early stopping: stop after this many "
+                                "epochs without a valid ELBO improvement (null: run every epoch)")
+    min_delta_nats: float = spec(min=0.0, max=1000.0,
+                                 doc="an improvement must beat the best valid ELBO by more than this")
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,10 @@ def parse_params(raw: Any, source: str = "params.yaml") -> StudyParams:
     if b is not None and b.train_subset is not None and b.train_subset + b.valid_size > N_MNIST_TRAIN:
         errors.add("binarize.train_subset", f"got {b.train_subset}; with valid_size "
                    f"{b.valid_size} at most {N_MNIST_TRAIN - b.valid_size} training images exist")
+    t = sections["train"]
+    if t is not None and t.patience is not None and t.patience >= t.epochs:
+        errors.add("train.patience", f"got {t.patience}; with epochs {t.epochs} (the cap) it could "
+                   "never stop early: use a patience below epochs, or null to run every epoch")
     errors.raise_if_any(source)
     return StudyParams(**sections, seeds=seeds, decoders=decoders)
 

@@ -9,7 +9,10 @@ posterior collapse as per-rung options, both off by default:
 The ELBO reported (train and valid) is always the true one, beta = 1 and lambda = 0.
 
 Adam with a constant learning rate; the validation ELBO is measured every epoch with a fixed
-noise draw and the best-validation weights are the stage's output. Every epoch's random
+noise draw and the best-validation weights are the stage's output. `train.epochs` is a cap:
+with `train.patience` set, training stops early once `patience` epochs in a row have not
+beaten the best validation ELBO by more than `train.min_delta_nats` (early stopping,
+Prechelt 1998); the best epoch is the last one that did. Every epoch's random
 numbers come from generators seeded by (seed, epoch), and the last finished epoch is saved to
 a scratch checkpoint outside DVC's outputs: an interrupted run resumes there and ends with the
 same weights as an uninterrupted one. The scratch state is removed on success. Every epoch's
@@ -86,6 +89,11 @@ def mean_elbo(model: VAE, split: Split, precision: Precision, batch_size: int,
     return {"elbo": elbo, "kl": kl, "rec": rec}
 
 
+def converged(config: TrainConfig, epoch: int, best_epoch: int) -> bool:
+    """Early stopping: `patience` epochs after the best one have passed without a gain."""
+    return config.patience is not None and epoch - best_epoch >= config.patience
+
+
 def fingerprint(rung: Rung, encoder: EncoderConfig, config: TrainConfig, seed: int,
                 data_id: str) -> str:
     """Identifies a training run, so resume state from another run is never used."""
@@ -134,6 +142,8 @@ def train_rung(
             print(f"ignoring {resume_path}: it belongs to a run with other settings")
 
     for epoch in range(start_epoch, config.epochs + 1):
+        if best is not None and converged(config, epoch - 1, best["epoch"]):
+            break  # a resumed run that had already converged
         t0 = time.perf_counter()
         model.train()
         g_cpu = generator(derive_seed(seed, epoch))
@@ -173,19 +183,27 @@ def train_rung(
             log(row)
         print(f"{rung.name} s{seed} epoch {epoch}: train ELBO {train_elbo:.2f}, valid ELBO "
               f"{v['elbo']:.2f}, valid KL {v['kl']:.2f} nats ({row['seconds']:.1f}s)", flush=True)
-        if best is None or v["elbo"] > best["valid_elbo_nats"]:
+        if best is None or v["elbo"] > best["valid_elbo_nats"] + config.min_delta_nats:
             best = {"epoch": epoch, "valid_elbo_nats": v["elbo"], "valid_kl_nats": v["kl"],
                     "model_state": model_state(model),
                     "optimizer_state": copy.deepcopy(optimizer.state_dict())}
-        if resume_path is not None and epoch < config.epochs:
+        stop = converged(config, epoch, best["epoch"])
+        if stop:
+            print(f"{rung.name} s{seed}: stopped after epoch {epoch}, {config.patience} epochs "
+                  f"without a valid ELBO gain over {config.min_delta_nats} nats (best: epoch "
+                  f"{best['epoch']})", flush=True)
+        if resume_path is not None and epoch < config.epochs and not stop:
             save_checkpoint(resume_path, {
                 "run_id": run_id, "epoch": epoch, "best": best, "history": history,
                 "model_state": model_state(model), "optimizer_state": optimizer.state_dict()})
         if on_epoch_end is not None:
             on_epoch_end(epoch)
+        if stop:
+            break
 
     final = {**identity, "epoch": best["epoch"], "valid_elbo_nats": best["valid_elbo_nats"],
-             "valid_kl_nats": best["valid_kl_nats"], "epochs_trained": config.epochs,
+             "valid_kl_nats": best["valid_kl_nats"], "epochs_trained": len(history),
+             "converged": converged(config, len(history), best["epoch"]),
              "precision": precision.name, "model_state": best["model_state"],
              "optimizer_state": best["optimizer_state"]}
     return final, pd.DataFrame(history)

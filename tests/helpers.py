@@ -56,7 +56,8 @@ def write_synthetic_mnist(raw_dir: Path, n_train: int = 600, n_test: int = 200) 
 TINY_PARAMS = {
     "binarize": {"method": "static", "seed": 0, "valid_size": 100, "train_subset": None},
     "encoder": {"latent_dim": 4, "hidden": [32]},
-    "train": {"epochs": 2, "batch_size": 50, "lr": 0.003, "precision": "fp32", "valid_subset": None},
+    "train": {"epochs": 2, "batch_size": 50, "lr": 0.003, "precision": "fp32", "valid_subset": None,
+              "patience": None, "min_delta_nats": 0.0},
     "evaluate": {"k": 8, "n_test": 40, "batch_size": 20, "chunk_size": 40, "precision": "fp32",
                  "probe_train_size": 200, "mi_samples": 2, "active_unit_threshold": 0.01,
                  "n_show": 3, "seed": 0},

@@ -54,7 +54,8 @@ def params_dict(seeds=(0,), threshold=1.0, rungs=tuple(LADDER)) -> dict:
     return {
         "binarize": {"method": "static", "seed": 0, "valid_size": 10000, "train_subset": 2000},
         "encoder": {"latent_dim": LATENT_DIM, "hidden": [32]},
-        "train": {"epochs": 3, "batch_size": 64, "lr": 0.001, "precision": "auto", "valid_subset": None},
+        "train": {"epochs": 3, "batch_size": 64, "lr": 0.001, "precision": "auto", "valid_subset": None,
+                  "patience": None, "min_delta_nats": 0.0},
         "evaluate": {"k": K, "n_test": N_TEST, "batch_size": 50, "chunk_size": 100, "precision": "auto",
                      "probe_train_size": None, "mi_samples": 5, "active_unit_threshold": 0.01,
                      "n_show": N_SHOW, "seed": 0},

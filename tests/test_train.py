@@ -17,7 +17,7 @@ from stages.data import Split
 from stages.errors import TrainingDiverged
 from stages.live import EpochLog, read_history
 from stages.runtime import Precision
-from stages.train import Objective, train_rung
+from stages.train import Objective, converged, train_rung
 
 FP32 = Precision(torch.device("cpu"), None)
 
@@ -45,6 +45,59 @@ def test_a_few_epochs_of_training_raise_the_validation_elbo():
 
 class Interrupt(Exception):
     pass
+
+
+def test_converged_after_patience_epochs_without_a_gain():
+    config = dataclasses.replace(tiny_params().train, epochs=10, patience=3)
+    assert [converged(config, epoch, best_epoch=2) for epoch in (2, 3, 4, 5, 6)] == \
+        [False, False, False, True, True]
+    assert not converged(dataclasses.replace(config, patience=None), 10, best_epoch=1)
+
+
+def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weights():
+    """A gain must beat the best by min_delta_nats: at 1000 nats only epoch 1 counts, so the
+    run stops after epoch 1 + patience and returns epoch 1's weights, the same weights as a
+    one-epoch run (every epoch's random numbers depend on (seed, epoch) only)."""
+    params = tiny_params()
+    config = dataclasses.replace(params.train, epochs=10, patience=2, min_delta_nats=1000.0)
+    args = (params.rung("linear"), params.encoder)
+    state, history = train_rung(*args, config, 0, TRAIN, VALID, FP32, progress=False)
+    assert list(history.epoch) == [1, 2, 3]
+    assert history.valid_elbo_nats.iloc[-1] > history.valid_elbo_nats.iloc[0]  # it was still learning
+    assert (state["epoch"], state["epochs_trained"], state["converged"]) == (1, 3, True)
+    one_epoch = dataclasses.replace(params.train, epochs=1)
+    reference, _ = train_rung(*args, one_epoch, 0, TRAIN, VALID, FP32, progress=False)
+    for key, tensor in reference["model_state"].items():
+        assert torch.equal(tensor, state["model_state"][key]), key
+
+
+def test_without_patience_every_epoch_runs_and_the_best_one_is_kept():
+    params = tiny_params()
+    config = dataclasses.replace(params.train, epochs=4, patience=None, min_delta_nats=1000.0)
+    state, history = train_rung(params.rung("linear"), params.encoder, config, 0, TRAIN, VALID,
+                                FP32, progress=False)
+    assert list(history.epoch) == [1, 2, 3, 4]
+    assert (state["epoch"], state["epochs_trained"], state["converged"]) == (1, 4, False)  # no criterion
+
+
+def test_an_early_stopped_run_resumes_to_the_same_stop(tmp_path):
+    params = tiny_params()
+    config = dataclasses.replace(params.train, epochs=10, patience=2, min_delta_nats=1000.0)
+    args = (params.rung("linear"), params.encoder, config, 3, TRAIN, VALID, FP32)
+    whole, whole_history = train_rung(*args, progress=False)
+    scratch = tmp_path / "resume.pt"
+
+    def stop_after_second_epoch(epoch: int) -> None:
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_rung(*args, resume_path=scratch, progress=False, on_epoch_end=stop_after_second_epoch)
+    resumed, resumed_history = train_rung(*args, resume_path=scratch, progress=False)
+    assert list(resumed_history.epoch) == list(whole_history.epoch) == [1, 2, 3]
+    assert (resumed["epoch"], resumed["epochs_trained"]) == (whole["epoch"], whole["epochs_trained"])
+    for key, tensor in whole["model_state"].items():
+        assert torch.equal(tensor, resumed["model_state"][key]), key
 
 
 def test_a_resumed_run_logs_every_epoch_once_through_dvclive(tmp_path):
