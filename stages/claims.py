@@ -253,6 +253,11 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
     if len(trend) < 2 or history.empty:
         return None
     h = history[history["rung"].isin(trend["rung"])]
+    runs_per_rung = h.groupby("rung")["seed"].nunique()  # (rungs,)
+    reached = h.groupby(["epoch", "rung"])["seed"].nunique().unstack("rung")  # (epochs, rungs)
+    complete = reached.index[(reached == runs_per_rung[reached.columns]).all(axis=1)]
+    ragged = complete.size < reached.index.size  # early stopping ended runs at different epochs
+    h = h[h["epoch"].isin(complete)]  # a mean over the runs still training would be biased
     grouped = h.groupby(["epoch", "rung"])["valid_kl_nats"]
     mean = grouped.mean().unstack("rung").dropna()  # (epochs, rungs)
     std = grouped.std(ddof=1).unstack("rung").reindex(mean.index).fillna(0.0)
@@ -277,8 +282,10 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
                 ties.append((a, b))
     stable = not reversed_pairs and len(last) > 1
     span = f"epochs {last[0]}-{last[-1]}"
+    reach = (f", the epochs every run reached before it stopped (runs end between epoch "
+             f"{epochs[-1]} and {int(reached.index.max())})" if ragged else "")
     text = (f"Training length: over epochs {epochs[0]}-{epochs[-1]} (validation KL, mean over "
-            f"seeds), Spearman's rho between power and KL per epoch is "
+            f"seeds{reach}), Spearman's rho between power and KL per epoch is "
             f"{', '.join(f'{rhos[e]:.2f}' for e in epochs)}, and the ordering of the mean KL "
             f"changes {changes} time(s). ")
     if len(last) < 2:
@@ -296,6 +303,110 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
                                           "rho_per_epoch": [rhos[e] for e in epochs],
                                           "n_order_changes": changes,
                                           "reversed_pairs": reversed_pairs, "ties": ties})
+
+
+def convergence(runs: pd.DataFrame, results: pd.DataFrame, patience: int | None,
+                min_delta: float, cap: int) -> Claim | None:
+    """How long each rung trained under early stopping, and which runs the epoch cap ended.
+
+    `runs`: rung, seed, epochs_trained, best_epoch, converged (one row per run). Without a
+    patience there is no convergence criterion: every run trains the fixed schedule."""
+    if patience is None or runs.empty:
+        return None
+    order = [r for r in results.sort_values("power")["rung"] if r in set(runs["rung"])]
+    g = runs.groupby("rung")
+    best, trained = g["best_epoch"], g["epochs_trained"]
+    listed = ", ".join(f"`{r}` {pm(best.mean()[r], best.std(ddof=1)[r], 1)}"
+                       for r in order)
+    capped = runs[~runs["converged"].astype(bool)]
+    n, n_conv = len(runs), int(runs["converged"].astype(bool).sum())
+    text = (f"Convergence: a run stops once {patience} epoch{'s' if patience != 1 else ''} in a "
+            f"row {'have' if patience != 1 else 'has'} not raised its "
+            f"validation ELBO by more than {min_delta:g} nats, and keeps its best epoch; "
+            f"{cap} epochs is the cap. {n_conv} of {n} runs converged before the cap. The best "
+            f"epoch (mean ± std over seeds), in order of power: {listed}; runs trained "
+            f"{int(trained.min().min())}-{int(trained.max().max())} epochs in all. ")
+    if capped.empty:
+        text += "No run was stopped by the cap."
+    else:
+        who = ", ".join(f"`{r.rung}` seed {r.seed}" for r in capped.sort_values(["rung", "seed"]).itertuples())
+        text += (f"The cap, not convergence, ended {who}: its validation ELBO was still rising, "
+                 "so its KL is the value at the cap, not at convergence.")
+    return Claim("convergence", text, {
+        "patience": patience, "min_delta_nats": min_delta, "epoch_cap": cap,
+        "n_runs": n, "n_converged": n_conv,
+        "best_epoch_mean": {r: best.mean()[r] for r in order},
+        "best_epoch_std": {r: best.std(ddof=1)[r] for r in order},
+        "epochs_trained_mean": {r: trained.mean()[r] for r in order},
+        "capped_runs": [(r.rung, int(r.seed)) for r in capped.itertuples()]})
+
+
+def versus_baseline(results: pd.DataFrame, baseline: pd.DataFrame, threshold: float,
+                    label: str) -> Claim | None:
+    """Rung by rung, this study's KL against another study's (the same ladder, trained and
+    evaluated differently): which rungs gained or lost information in z beyond two combined
+    seed std, and how the verdicts moved. Verdicts are recomputed with this study's threshold."""
+    ours, theirs = results.set_index("rung"), baseline.set_index("rung")
+    shared = [r for r in results.sort_values("power")["rung"]
+              if r in theirs.index and ours.loc[r, "role"] != NO_Z and bool(theirs.loc[r, "uses_z"])]
+    if not shared:
+        return None
+    rows, moved = [], {"gained": [], "lost": [], "unchanged": [], "no spread": []}
+    groups: dict[str, list[str]] = {"regained": [], "stayed collapsed": [], "newly collapsed": [],
+                                    "kept": [], "undecided": []}
+    for r in shared:
+        a, b = theirs.loc[r], ours.loc[r]
+        diff = b["kl_nats"] - a["kl_nats"]
+        noise = 2 * math.hypot(a["kl_nats_std"], b["kl_nats_std"])
+        change = ("no spread" if pd.isna(noise) else "unchanged" if abs(diff) <= noise else
+                  "gained" if diff > 0 else "lost")
+        v_a = verdict(a["kl_nats"], a["kl_nats_std"], int(a["n_seeds"]), threshold, True)
+        v_b = verdict(b["kl_nats"], b["kl_nats_std"], int(b["n_seeds"]), threshold, True)
+        group = ("stayed collapsed" if v_a == COLLAPSED and v_b == COLLAPSED else
+                 "regained" if v_a != KEPT and v_b == KEPT else
+                 "newly collapsed" if v_a != COLLAPSED and v_b == COLLAPSED else
+                 "kept" if v_a == KEPT and v_b == KEPT else "undecided")
+        moved[change].append(r)
+        groups[group].append(r)
+        rows.append({"rung": r, "baseline_kl_nats": a["kl_nats"], "baseline_kl_std": a["kl_nats_std"],
+                     "kl_nats": b["kl_nats"], "kl_std": b["kl_nats_std"], "change_nats": diff,
+                     "change": change, "baseline_verdict": v_a, "verdict": v_b, "group": group})
+    by = {row["rung"]: row for row in rows}
+
+    def listing(names: list[str]) -> str:
+        return ", ".join(f"`{r}` ({pm(by[r]['baseline_kl_nats'], by[r]['baseline_kl_std'])} -> "
+                         f"{pm(by[r]['kl_nats'], by[r]['kl_std'])})" for r in names)
+
+    parts = [f"Against the baseline, {label}: KL rose beyond two combined seed std on "
+             + (listing(moved["gained"]) if moved["gained"] else "no rung")]
+    if moved["lost"]:
+        parts.append(f"fell beyond it on {listing(moved['lost'])}")
+    if moved["unchanged"]:
+        parts.append(f"is within it on {listing(moved['unchanged'])}")
+    if moved["no spread"]:
+        parts.append(f"cannot be judged on {listing(moved['no spread'])} (one seed: no spread)")
+    by_verdict = []
+    for group, words in (("regained", ("regained information in z (not collapsed in this study, "
+                                       "collapsed or borderline in the baseline)")),
+                         ("stayed collapsed", "stayed collapsed"),
+                         ("newly collapsed", "collapsed in this study but not in the baseline"),
+                         ("kept", "kept information in z in both")):
+        if groups[group]:
+            by_verdict.append(f"{words}: {_names(groups[group])}")
+    if groups["undecided"]:
+        by_verdict.append(f"borderline or without a verdict in one of them: {_names(groups['undecided'])}")
+    trend = [r for r in shared if ours.loc[r, "role"] == TREND]
+    rho_here = spearman(ours.loc[trend, "power"], ours.loc[trend, "kl_nats"]) if len(trend) > 2 else math.nan
+    rho_there = spearman(ours.loc[trend, "power"], theirs.loc[trend, "kl_nats"]) if len(trend) > 2 else math.nan
+    text = ("; ".join(parts) + " (KL in nats, baseline -> this study, mean ± std over seeds). By the "
+            f"verdicts (KL < {threshold:g} nats, 2-std rule): " + "; ".join(by_verdict) + "."
+            + (f" Spearman's rho between power and mean KL over the {len(trend)} trend rungs: "
+               f"{rho_there:.2f} in the baseline, {rho_here:.2f} in this study." if not pd.isna(rho_here) and not pd.isna(rho_there) else ""))
+    return Claim("versus_baseline", text, {"rows": rows, "gained": moved["gained"],
+                                           "lost": moved["lost"], "unchanged": moved["unchanged"],
+                                           "no_spread": moved["no spread"],
+                                           **{k.replace(" ", "_"): v for k, v in groups.items()},
+                                           "spearman_rho": rho_here, "baseline_spearman_rho": rho_there})
 
 
 def pairs(rung_pairs: list[tuple[str, str]]) -> str:
@@ -383,11 +494,13 @@ def k_convergence(k_curves: pd.DataFrame, order: list[str]) -> Claim | None:
 
 def all_claims(results: pd.DataFrame, per_seed: pd.DataFrame, paired: pd.DataFrame | None,
                history: pd.DataFrame, k_curves: pd.DataFrame, threshold: float,
-               vae: str | None, baseline: str | None) -> list[Claim]:
+               vae: str | None, baseline: str | None, convergence_claim: Claim | None = None,
+               versus: Claim | None = None) -> list[Claim]:
     """Every claim the numbers support, in reading order."""
     order = list(results.sort_values("power")["rung"])
     claims = [power_trend(results, per_seed), kl_gone_at_top(results, per_seed),
-              verdicts(results, threshold), *pathway(results), training_order(results, history),
+              verdicts(results, threshold), versus, *pathway(results), convergence_claim,
+              training_order(results, history),
               decoder_alone(paired, vae, baseline), probe(results), mutual_information(results),
               bound_gap(results), k_convergence(k_curves, order)]
     return [c for c in claims if c is not None]

@@ -20,6 +20,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="the params file to validate and use")
 ROOT = typer.Option(Path("."), "--root", help="project root holding data/ and reports/")
+STUDY = typer.Option("", "--study", help="a named study (profiles/<study>/): its files go to "
+                     "data/<study>/ and reports/<study>/ (default: the default study)")
 PROGRESS = typer.Option(True, "--progress/--no-progress",
                         help="progress bars (shown only when stderr is a terminal)")
 
@@ -50,14 +52,14 @@ def download(out: Path = typer.Option(Path("data/raw"), help="folder for the IDX
 
 
 @app.command()
-def binarize(params: Path = PARAMS, root: Path = ROOT) -> None:
+def binarize(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY) -> None:
     """Write the binary train / valid / test splits."""
     from stages.binarize import run
     from stages.layout import Layout
     from stages.params import load_params
 
     config = load_params(params).binarize
-    layout = Layout(root)
+    layout = Layout(root, study)
     summary = run(layout.raw, layout.binarized, layout.binarized_summary, config)
     print({k: v for k, v in summary.items()})
 
@@ -65,35 +67,49 @@ def binarize(params: Path = PARAMS, root: Path = ROOT) -> None:
 @app.command()
 def train(decoder: str = typer.Argument(..., help="a key of `decoders` in params.yaml"),
           seed: int = typer.Option(0, min=0, help="training seed"),
-          params: Path = PARAMS, root: Path = ROOT, progress: bool = PROGRESS) -> None:
+          params: Path = PARAMS, root: Path = ROOT, study: str = STUDY,
+          progress: bool = PROGRESS) -> None:
     """Train one rung of the decoder ladder (resumes an interrupted run)."""
     from stages.layout import Layout
     from stages.params import load_params
     from stages.train import run
 
-    run(load_params(params), decoder, seed, Layout(root), progress=progress)
+    run(load_params(params), decoder, seed, Layout(root, study), progress=progress)
 
 
 @app.command()
 def evaluate(decoder: str = typer.Argument(..., help="a key of `decoders` in params.yaml"),
              seed: int = typer.Option(0, min=0, help="training seed of the model"),
-             params: Path = PARAMS, root: Path = ROOT, progress: bool = PROGRESS) -> None:
+             params: Path = PARAMS, root: Path = ROOT, study: str = STUDY,
+          progress: bool = PROGRESS) -> None:
     """IW log-likelihood and collapse metrics of one trained rung on the test split."""
     from stages.evaluate import run
     from stages.layout import Layout
     from stages.params import load_params
 
-    run(load_params(params), decoder, seed, Layout(root), progress=progress)
+    run(load_params(params), decoder, seed, Layout(root, study), progress=progress)
 
 
 @app.command()
-def report(params: Path = PARAMS, root: Path = ROOT) -> None:
+def report(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY,
+           compare_with: Path | None = typer.Option(
+               None, "--compare-with", help="another study's results.csv (from the same code) "
+               "to compare this one's KL with, rung by rung")) -> None:
     """Render reports/: the results table, the figures, report.md and index.html."""
     from stages.layout import Layout
     from stages.params import load_params
     from stages.report import run
 
-    run(load_params(params), Layout(root))
+    run(load_params(params), Layout(root, study), compare_with=compare_with)
+
+
+@app.command("study-pipeline")
+def study_pipeline(name: str = typer.Argument(..., help="the study: profiles/<name>/params.yaml"),
+                   root: Path = ROOT) -> None:
+    """Write profiles/<name>/dvc.yaml, the default pipeline run with that study's params."""
+    from stages.studies import write_pipeline
+
+    print(f"wrote {write_pipeline(root, name)}; run it with `dvc repro profiles/{name}/dvc.yaml`")
 
 
 @app.command()

@@ -1,17 +1,37 @@
 """Where every stage reads and writes, relative to the project root.
 
-dvc.yaml names the same paths (a test keeps the two in step).
+dvc.yaml names the same paths (a test keeps the two in step). A named study (`study="long"`,
+the pipeline in profiles/long/) keeps everything it computes under data/<study>/ and its report
+under reports/<study>/, so it never touches the default study's files; only the downloaded
+MNIST files (data/raw) are shared.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from stages.errors import ParamsError
+
+STUDY_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
+DEFAULT_FOLDERS = ("raw", "binarized", "models", "history", "metrics", "eval", "figures")
 
 
 @dataclass(frozen=True)
 class Layout:
     root: Path = Path(".")
+    study: str = ""  # "": the default study; a name: data/<name>/ and reports/<name>/
+
+    def __post_init__(self) -> None:
+        if self.study and (not STUDY_NAME.match(self.study) or self.study in DEFAULT_FOLDERS):
+            raise ParamsError(f"study name {self.study!r}: use lower-case letters, digits and _, "
+                              "starting with a letter, and not the name of one of the default "
+                              f"study's folders in data/ ({', '.join(DEFAULT_FOLDERS)})")
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data" / self.study if self.study else self.root / "data"
 
     @property
     def raw(self) -> Path:
@@ -19,18 +39,18 @@ class Layout:
 
     @property
     def binarized(self) -> Path:
-        return self.root / "data/binarized/mnist.npz"
+        return self.data / "binarized/mnist.npz"
 
     @property
     def binarized_summary(self) -> Path:
-        return self.root / "data/binarized/summary.json"
+        return self.data / "binarized/summary.json"
 
     def model(self, rung: str, seed: int) -> Path:
-        return self.root / f"data/models/{rung}/seed{seed}.pt"
+        return self.data / f"models/{rung}/seed{seed}.pt"
 
     def history(self, rung: str, seed: int) -> Path:
         """DVCLive's folder of the training history: metrics.json and plots/metrics/*.tsv."""
-        return self.root / f"data/history/{rung}/seed{seed}"
+        return self.data / f"history/{rung}/seed{seed}"
 
     def history_metrics(self, rung: str, seed: int) -> Path:
         return self.history(rung, seed) / "metrics.json"
@@ -39,10 +59,10 @@ class Layout:
         return self.history(rung, seed) / "plots/metrics"
 
     def metrics(self, rung: str, seed: int) -> Path:
-        return self.root / f"data/metrics/{rung}/seed{seed}.json"
+        return self.data / f"metrics/{rung}/seed{seed}.json"
 
     def eval_dir(self, rung: str, seed: int) -> Path:
-        return self.root / f"data/eval/{rung}/seed{seed}"
+        return self.data / f"eval/{rung}/seed{seed}"
 
     def k_curve(self, rung: str, seed: int) -> Path:
         return self.eval_dir(rung, seed) / "k_curve.csv"
@@ -62,11 +82,11 @@ class Layout:
 
     def scratch(self, rung: str, seed: int) -> Path:
         """Resume state of an unfinished training run: outside DVC's outputs, git-ignored."""
-        return self.root / f".scratch/train/{rung}-seed{seed}.pt"
+        return self.root / ".scratch" / self.study / f"train/{rung}-seed{seed}.pt"
 
     @property
     def reports(self) -> Path:
-        return self.root / "reports"
+        return self.root / "reports" / self.study if self.study else self.root / "reports"
 
     @property
     def reference(self) -> Path:

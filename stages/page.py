@@ -21,6 +21,7 @@ import pandas as pd
 from stages import claims
 
 if TYPE_CHECKING:
+    from stages.layout import Layout
     from stages.report import ReportData
 
 NUMBER = re.compile(r"^[-+\d.,±% ]*$")  # a table cell holding a number
@@ -109,6 +110,8 @@ class Page:
     setup: list[tuple[str, str]]
     ladder: Table
     title: str = TITLE
+    baseline: Table | None = None  # this study's KL beside another study's, rung by rung
+    sources: str = "data/metrics, data/eval, data/history"
 
 
 pm = claims.pm
@@ -126,7 +129,7 @@ def results_table(results: pd.DataFrame) -> Table:
     """The results in order of decoder power: mean ± std over seeds (the mean alone for one seed)."""
     header = ["rung", "role", "receptive field (pixels)", "NLL_IW (nats)", "IW s.e. (nats)",
               "-ELBO (nats)", "KL (nats)", "MI (nats)", "active units", "probe accuracy",
-              "bound gap (nats)", "verdict"]
+              "bound gap (nats)", "best epoch / epochs trained", "verdict"]
     rows = []
     for r in results.itertuples():
         no_z = r.role == claims.NO_Z
@@ -137,7 +140,8 @@ def results_table(results: pd.DataFrame) -> Table:
                      "n/a" if no_z else mi_cell(r.mi_nats, r.mi_nats_std, r.mi_cap_nats),
                      "n/a" if no_z else pm(r.active_units, r.active_units_std, 1),
                      pm(100 * r.probe_accuracy, 100 * r.probe_accuracy_std, 1) + "%",
-                     pm(r.bound_gap_nats, r.bound_gap_nats_std), r.verdict])
+                     pm(r.bound_gap_nats, r.bound_gap_nats_std),
+                     f"{r.best_epoch:.1f} / {r.epochs_trained:.1f}", r.verdict])
     seeds = results["seeds"].iloc[0].replace(";", ", ")
     n_test, k = int(results["n_test"].min()), int(results["iw_k"].min())
     several = bool((results["n_seeds"] > 1).any())
@@ -148,7 +152,8 @@ def results_table(results: pd.DataFrame) -> Table:
         "power. Bound gap = -ELBO - NLL_IW; MI = I_q(x; z), '>=' marks an estimate within "
         f"{claims.MI_BOUND_MARGIN:g} nats of its cap log M = {results['mi_cap_nats'].min():.2f} "
         "(a lower bound); probe: linear classifier of the digit on sampled z ~ q(z|x) (chance "
-        "10%). Verdict: collapsed or not only where the seeds' mean KL is more than two standard "
+        "10%). Epochs: the kept (best-validation) epoch and the epochs trained, means over seeds. "
+        "Verdict: collapsed or not only where the seeds' mean KL is more than two standard "
         "deviations from the threshold, else borderline; n/a for a rung without z."))
 
 
@@ -197,11 +202,7 @@ def setup_items(data: ReportData, results: pd.DataFrame, provenance: dict[str, s
         ("evaluation", (f"K = {', '.join(f'{k:,}' for k in ks)} importance samples on "
                         f"{', '.join(f'{n:,}' for n in tests)} test images, a random subset drawn "
                         f"with evaluate.seed {p.evaluate.seed}, the same for every rung and seed")),
-        ("training schedule", (f"Adam, lr {p.train.lr:g}, batch {p.train.batch_size}, "
-                               f"{', '.join(map(str, epochs))} epoch(s) of {s['train']['n_images']:,} "
-                               f"images ({max(epochs) * s['train']['n_images']:,} images seen); the "
-                               "best-validation epoch is kept. The conclusions above hold for this "
-                               "schedule: KL moves with training length (see the training figure).")),
+        ("training schedule", schedule(p.train, epochs, s["train"]["n_images"])),
         ("objective", "the ELBO for every rung (no KL warm-up, no free bits)" if not objectives
          else "the ELBO, with mitigations on " + "; ".join(objectives)),
         ("model", (f"diagonal Gaussian q(z|x), MLP encoder {list(p.encoder.hidden)}, latent dim "
@@ -211,6 +212,49 @@ def setup_items(data: ReportData, results: pd.DataFrame, provenance: dict[str, s
         ("compute", ", ".join(devices)),
         ("code", f"git {provenance['git']}, DVC {provenance['dvc']}"),
     ]
+
+
+def schedule(train, epochs: list[int], n_train: int) -> str:
+    """The training schedule in words: fixed, or early stopping under a cap."""
+    head = f"Adam, lr {train.lr:g}, batch {train.batch_size}, "
+    if train.patience is None:
+        return head + (f"{', '.join(map(str, epochs))} epoch(s) of {n_train:,} images "
+                       f"({max(epochs) * n_train:,} images seen); the best-validation epoch is "
+                       "kept. The conclusions above hold for this schedule: KL moves with "
+                       "training length (see the training figure).")
+    return head + (f"on {n_train:,} images until the validation ELBO stops improving: a run stops "
+                   f"once {train.patience} epoch{'s' if train.patience != 1 else ''} in a row "
+                   f"{'have' if train.patience != 1 else 'has'} not raised it by more than "
+                   f"{train.min_delta_nats:g} nats, and keeps its best epoch; {train.epochs} epochs "
+                   f"is the cap. Runs trained {min(epochs)}-{max(epochs)} epochs (up to "
+                   f"{max(epochs) * n_train:,} images seen); the convergence finding names any run "
+                   "the cap ended.")
+
+
+def baseline_table(results: pd.DataFrame, found: list[claims.Claim], baseline: pd.DataFrame) -> Table | None:
+    """This study's KL and NLL_IW beside the baseline's, rung by rung (the versus_baseline claim)."""
+    versus = next((c for c in found if c.name == "versus_baseline"), None)
+    if versus is None:
+        return None
+    ours, theirs = results.set_index("rung"), baseline.set_index("rung")
+    rows = []
+    for row in versus.numbers["rows"]:
+        r = row["rung"]
+        rows.append([f"`{r}`", str(ours.loc[r, "receptive_field"]),
+                     f"{theirs.loc[r, 'epochs_trained']:.1f}", f"{ours.loc[r, 'epochs_trained']:.1f}",
+                     pm(row["baseline_kl_nats"], row["baseline_kl_std"]), pm(row["kl_nats"], row["kl_std"]),
+                     f"{row['change_nats']:+.2f}", row["change"],
+                     pm(theirs.loc[r, "nll_iw_nats"], theirs.loc[r, "nll_iw_nats_std"]),
+                     pm(ours.loc[r, "nll_iw_nats"], ours.loc[r, "nll_iw_nats_std"]),
+                     row["baseline_verdict"], row["verdict"]])
+    return Table(["rung", "receptive field (pixels)", "epochs, baseline", "epochs, this study",
+                  "KL, baseline (nats)", "KL, this study (nats)", "change (nats)",
+                  "beyond 2 combined std?", "NLL_IW, baseline", "NLL_IW, this study",
+                  "verdict, baseline", "verdict, this study"], rows,
+                 "Rungs with z in order of power; mean ± std over each study's seeds. 'gained' / "
+                 "'lost': the change in KL exceeds two combined seed std; verdicts recomputed with "
+                 "this study's threshold. NLL_IW of the two studies is at different K and test "
+                 "subsets, so only large differences mean anything.")
 
 
 def ladder_table(data: ReportData, results: pd.DataFrame) -> Table:
@@ -226,7 +270,7 @@ def ladder_table(data: ReportData, results: pd.DataFrame) -> Table:
 
 
 def build(data: ReportData, results: pd.DataFrame, found: list[claims.Claim], scale: tuple[bool, str],
-          provenance: dict[str, str], figure_names: list[str]) -> Page:
+          provenance: dict[str, str], figure_names: list[str], layout: Layout | None = None) -> Page:
     paper, scale_text = scale
     if paper:
         note = [(f"This run is paper-scale ({scale_text}): its numbers are comparable with the "
@@ -244,9 +288,13 @@ def build(data: ReportData, results: pd.DataFrame, found: list[claims.Claim], sc
     figures = [(n, FIGURES.get(n, (n, ""))[0],
                 " ".join(t for t in (FIGURES.get(n, (n, ""))[1], in_captions.get(n, "")) if t))
                for n in figure_names]
+    study = layout.study if layout is not None else ""
+    data_dir = layout.data.relative_to(layout.root).as_posix() if layout is not None else "data"
     return Page(CLAIM, [c.text for c in found if c.name not in in_captions], results_table(results),
                 figures, comparison_table(data, results), note, setup_items(data, results, provenance),
-                ladder_table(data, results))
+                ladder_table(data, results), f"{TITLE}: the {study} study" if study else TITLE,
+                baseline_table(results, found, data.baseline) if data.baseline is not None else None,
+                ", ".join(f"{data_dir}/{d}" for d in ("metrics", "eval", "history")))
 
 
 def _md_cell(text: str) -> str:
@@ -271,14 +319,17 @@ def markdown(page: Page) -> str:
     parts = [f"# {page.title}", "## Claim", " ".join(page.claim),
              "## What the numbers show", "\n".join(f"- {s}" for s in page.findings),
              f"![{head[1]}](figures/{head[0]}.png)\n\n*{head[2]}* ([SVG](figures/{head[0]}.svg))",
-             "## Results", _md_table(page.results), "## Figures"]
+             "## Results", _md_table(page.results)]
+    if page.baseline is not None:
+        parts += ["## Against the baseline", _md_table(page.baseline)]
+    parts += ["## Figures"]
     for name, title, caption in rest:
         parts.append(f"### {title}\n\n![{title}](figures/{name}.png)\n\n*{caption}* "
                      f"([SVG](figures/{name}.svg))")
     parts += ["## Beside the published numbers", "\n\n".join(f"> {s}" for s in page.comparison_note),
               _md_table(page.comparison), "## Setup",
               "\n".join(f"- **{k}**: {v}" for k, v in page.setup), _md_table(page.ladder),
-              ("*Generated by `vae-study report` from data/metrics, data/eval, data/history; "
+              (f"*Generated by `vae-study report` from {page.sources}; "
                "every sentence under \"What the numbers show\" is computed from the numbers.*")]
     return "\n\n".join(parts) + "\n"
 
@@ -317,6 +368,7 @@ def html(page: Page, figure_dir: Path) -> str:
         + "".join(f"<li>{_inline(s)}</li>" for s in page.findings) + "</ul>",
         _html_figure(*head, figure_dir),
         "<h2>Results</h2>" + _html_table(page.results),
+        *(["<h2>Against the baseline</h2>" + _html_table(page.baseline)] if page.baseline else []),
         "<h2>Figures</h2>" + "".join(_html_figure(*f, figure_dir) for f in rest),
         "<h2>Beside the published numbers</h2>"
         + "".join(f'<p class="note">{_inline(s)}</p>' for s in page.comparison_note)

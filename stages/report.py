@@ -39,6 +39,7 @@ from stages.layout import Layout
 from stages.live import read_history
 from stages.model import build_decoder
 from stages.params import Rung, StudyParams
+from stages.train import converged
 
 METRICS = ("nll_iw_nats", "nll_iw_stderr_nats", "nll_elbo_nats", "kl_nats", "rec_nats",
            "bound_gap_nats", "mi_nats", "active_units", "probe_accuracy", "seconds")
@@ -52,6 +53,8 @@ PER_IMAGE_COLUMNS = ("test_index", "log_px_iw_nats", "elbo_nats")
 PUBLISHED_COLUMNS = ("paper", "year", "binarization", "model", "ladder_rung", "nll_nats",
                      "nll_is_bound", "kl_nats", "importance_samples", "where")
 PAPER_TRAIN, PAPER_K, PAPER_TEST, PAPER_EPOCHS = 50000, 5000, 10000, 100
+BASELINE_COLUMNS = ("rung", "role", "uses_z", "n_seeds", "kl_nats", "kl_nats_std", "nll_iw_nats",
+                    "nll_iw_nats_std", "iw_k", "n_test", "epochs_trained")
 
 
 @dataclass
@@ -74,6 +77,8 @@ class ReportData:
     summary: dict[str, Any]  # binarize's summary.json
     published: pd.DataFrame
     sources: dict[str, Any] | None  # download's sources.json, if present
+    baseline: pd.DataFrame | None = None  # another study's results.csv, to compare KL with
+    baseline_path: Path | None = None
 
 
 def _fix(path: Path, stage: str | None) -> str:
@@ -195,7 +200,7 @@ def power_of(rung: Rung, latent_dim: int) -> tuple[int, int]:
 def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
     """One row per rung, ordered by decoder power (then name): mean and std (ddof 1; NaN for
     one seed) over seeds of every metric, the rung's role, power and verdict."""
-    rows = []
+    rows, trained = [], training_runs(data)
     for r, rung in data.params.decoders.items():
         runs = [data.runs[(r, s)] for s in data.params.seeds]
         m = pd.DataFrame([run.metrics for run in runs])
@@ -214,6 +219,8 @@ def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
         row["kl_top_dim_nats"] = float(np.mean([run.latent["kl_nats"].max() for run in runs]))
         row["n_params"] = int(runs[0].info["n_params"])
         row["best_epoch"] = float(np.mean([run.info["best_epoch"] for run in runs]))
+        row["epochs_trained"] = float(np.mean([run.history["epoch"].max() for run in runs]))
+        row["n_converged"] = int(trained.loc[trained["rung"] == r, "converged"].sum())
         row["config"] = json.dumps(rung.plain(), sort_keys=True)
         rows.append(row)
     table = pd.DataFrame(rows).sort_values(["receptive_field", "family_rank", "rung"], kind="stable")
@@ -255,6 +262,35 @@ def paired_differences(data: ReportData, vae: str | None, baseline: str | None) 
     return pd.DataFrame(rows)
 
 
+def training_runs(data: ReportData) -> pd.DataFrame:
+    """rung, seed, epochs_trained, best_epoch, converged: did early stopping end the run, or
+    the epoch cap (or, without a patience, the fixed schedule)?"""
+    rows = []
+    for (r, s), run in data.runs.items():
+        trained, best = int(run.history["epoch"].max()), int(run.info["best_epoch"])
+        rows.append({"rung": r, "seed": s, "epochs_trained": trained, "best_epoch": best,
+                     "converged": converged(data.params.train, trained, best)})
+    return pd.DataFrame(rows)
+
+
+def read_baseline(path: Path) -> pd.DataFrame:
+    """Another study's results.csv (`--compare-with`), checked before anything is written."""
+    table = _read(path, None, pd.read_csv, ())
+    missing = [c for c in BASELINE_COLUMNS if c not in table.columns]
+    if missing or table.empty:
+        raise DataError(f"report: {path} is not a results table of this study's report (it lacks "
+                        f"{', '.join(missing) or 'rows'}); render that study's report first "
+                        "(`dvc repro` for the default study)")
+    return table
+
+
+def baseline_label(path: Path, baseline: pd.DataFrame) -> str:
+    epochs = sorted({int(round(e)) for e in baseline["epochs_trained"]})
+    span = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
+    return (f"the study in `{path}` ({span} epochs, K = {int(baseline['iw_k'].min()):,} on "
+            f"{int(baseline['n_test'].min()):,} test images, {int(baseline['n_seeds'].max())} seeds)")
+
+
 def history_table(data: ReportData) -> pd.DataFrame:
     return pd.concat([run.history.assign(rung=r, seed=s) for (r, s), run in data.runs.items()],
                      ignore_index=True)
@@ -271,8 +307,14 @@ def study_claims(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
     per_seed = pd.DataFrame([{"rung": r, "seed": s, "kl_nats": run.metrics["kl_nats"]}
                              for (r, s), run in data.runs.items()])
     vae, baseline = comparators(results)
+    t = data.params.train
+    versus = (claims.versus_baseline(results, data.baseline, threshold,
+                                     baseline_label(data.baseline_path, data.baseline))
+              if data.baseline is not None else None)
     return claims.all_claims(results, per_seed, paired_differences(data, vae, baseline),
-                             history, k_curves, threshold, vae, baseline)
+                             history, k_curves, threshold, vae, baseline,
+                             claims.convergence(training_runs(data), results, t.patience,
+                                                t.min_delta_nats, t.epochs), versus)
 
 
 def paper_scale(data: ReportData, results: pd.DataFrame) -> tuple[bool, str]:
@@ -287,8 +329,8 @@ def paper_scale(data: ReportData, results: pd.DataFrame) -> tuple[bool, str]:
 
 
 def git_revision(root: Path) -> str:
-    """Short HEAD, flagged when files other than the report's own outputs and dvc.lock (which
-    the running `dvc repro` rewrites) differ from it; "unknown" outside git."""
+    """Short HEAD, flagged when files other than the reports and the dvc.lock files (which the
+    running `dvc repro` rewrites) differ from it; "unknown" outside git."""
     def git(*args: str) -> str | None:
         try:
             done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
@@ -301,7 +343,7 @@ def git_revision(root: Path) -> str:
     if not head:
         return "unknown"
     status = git("--no-optional-locks", "status", "--porcelain", "--", ".", ":(exclude)reports",
-                 ":(exclude)dvc.lock")
+                 ":(exclude)dvc.lock", ":(exclude,glob)**/dvc.lock")
     return head + (" + uncommitted changes" if status else "") if status is not None else head
 
 
@@ -334,10 +376,13 @@ def build_figures(data: ReportData, results: pd.DataFrame, history: pd.DataFrame
     }
 
 
-def run(params: StudyParams, layout: Layout) -> pd.DataFrame:
-    """The stage: collect and check every input, then write reports/ (each file atomically)."""
+def run(params: StudyParams, layout: Layout, compare_with: Path | None = None) -> pd.DataFrame:
+    """The stage: collect and check every input, then write reports/ (each file atomically).
+    `compare_with`: another study's results.csv, whose KL this report compares rung by rung."""
     threshold = params.report.collapse_threshold_nats
+    baseline = read_baseline(compare_with) if compare_with is not None else None
     data = collect(params, layout)
+    data.baseline, data.baseline_path = baseline, compare_with
     out = ensure_writable_dir(layout.reports)
     figure_dir = ensure_writable_dir(out / "figures")
     results = summarize(data, threshold)
@@ -350,7 +395,7 @@ def run(params: StudyParams, layout: Layout) -> pd.DataFrame:
         figures.save(fig, figure_dir, name)
     write_csv(out / "results.csv", results)
     write_json(out / "claims.json", {c.name: c.plain() for c in found})
-    doc = page.build(data, results, found, scale, provenance, list(figs))
+    doc = page.build(data, results, found, scale, provenance, list(figs), layout)
     write_text(out / "report.md", page.markdown(doc))
     write_text(out / "index.html", page.html(doc, figure_dir))
     print("\n".join(c.text for c in found))

@@ -170,3 +170,4 @@ def build_tiny_study(root: Path, params_raw: dict | None = None):
     for name in params.decoders:
         train.run(params, name, 0, layout, progress=False)
     return params, layout
+

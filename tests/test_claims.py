@@ -146,6 +146,63 @@ def test_rungs_within_seed_spread_that_swap_are_ties_not_instability():
     assert "`r2`/`r3` stay within seed spread" in c.text and "NOT" not in c.text
 
 
+def test_training_order_uses_only_the_epochs_every_run_reached():
+    """With early stopping, runs end at different epochs; a mean over the runs still training
+    would compare different seeds at different epochs, so only the shared epochs count."""
+    results = table([30.0, 25.0, 9.0, 4.0])
+    h = history({"r0": [20, 25, 28, 30, 31, 32], "r1": [15, 20, 23, 25, 26, 27],
+                 "r2": [3, 6, 8, 9, 9, 9], "r3": [1, 2, 3, 4, 4, 4]})
+    h = h[~((h["rung"] == "r3") & (h["seed"] == 1) & (h["epoch"] > 4))]  # stopped after epoch 4
+    h.loc[(h["rung"] == "r1") & (h["epoch"] > 4), "valid_kl_nats"] = 40.0  # would swap r0/r1
+    c = claims.training_order(results, h)
+    assert len(c.numbers["rho_per_epoch"]) == 4
+    assert "over epochs 1-4" in c.text and "runs end between epoch 4 and 6" in c.text
+    assert c.numbers["stable_over_last_epochs"] is True
+
+
+def runs(best: dict[str, list[int]], trained: dict[str, list[int]], patience: int = 4) -> pd.DataFrame:
+    return pd.DataFrame([{"rung": r, "seed": s, "best_epoch": b, "epochs_trained": trained[r][s],
+                          "converged": trained[r][s] - b >= patience}
+                         for r, bs in best.items() for s, b in enumerate(bs)])
+
+
+def test_convergence_names_every_run_the_cap_ended_and_only_those():
+    results = table([30.0, 25.0, 9.0])
+    done = runs({"r0": [20, 22], "r1": [10, 12], "r2": [30, 31]}, {"r0": [24, 26], "r1": [14, 16],
+                                                                   "r2": [34, 35]})
+    c = claims.convergence(done, results, patience=4, min_delta=0.1, cap=50)
+    assert "6 of 6 runs converged before the cap" in c.text and "No run was stopped by the cap" in c.text
+    assert "`r0` 21.0 ± 1.4" in c.text and c.numbers["capped_runs"] == []
+    capped = runs({"r0": [20, 49], "r1": [10, 12], "r2": [48, 50]}, {"r0": [24, 50], "r1": [14, 16],
+                                                                    "r2": [50, 50]})
+    c = claims.convergence(capped, results, patience=4, min_delta=0.1, cap=50)
+    assert "3 of 6 runs converged" in c.text
+    assert "ended `r0` seed 1, `r2` seed 0, `r2` seed 1" in c.text and "No run" not in c.text
+    assert claims.convergence(done, results, patience=None, min_delta=0.0, cap=50) is None
+
+
+def test_versus_baseline_calls_a_change_only_beyond_two_combined_seed_std():
+    here = table([20.0, 25.0, 9.0, 4.0, 3.0], std=[0.5, 0.5, 0.5, 0.3, 0.1])
+    there = table([14.0, 24.6, 0.3, 4.2, 0.2], std=[0.2, 0.5, 0.1, 0.3, 0.05])
+    there["nll_iw_nats"] = 100.0
+    c = claims.versus_baseline(here, there, 1.0, "the study in `x` (5 epochs)")
+    assert c.numbers["gained"] == ["r0", "r2", "r4"] and c.numbers["unchanged"] == ["r1", "r3"]
+    assert c.numbers["regained"] == ["r2", "r4"] and c.numbers["stayed_collapsed"] == []
+    assert "rose beyond two combined seed std on `r0` (14.00 ± 0.20 -> 20.00 ± 0.50)" in c.text
+    assert "is within it on `r1`" in c.text and "fell" not in c.text
+    collapsed = table([0.2, 0.1, 0.1], std=[0.05, 0.05, 0.02])
+    c = claims.versus_baseline(collapsed, table([0.3, 0.1, 0.2], std=[0.05, 0.05, 0.05]), 1.0, "b")
+    assert c.numbers["stayed_collapsed"] == ["r0", "r1", "r2"] and "stayed collapsed" in c.text
+    assert "regained" not in c.text and "rose beyond two combined seed std on no rung" in c.text
+
+
+def test_versus_baseline_skips_rungs_without_z_and_rungs_only_one_side_has():
+    here = table([20.0, 9.0, 0.0], roles=[claims.TREND, claims.TREND, claims.NO_Z])
+    there = table([14.0, 9.0], std=[0.1, 0.1])
+    c = claims.versus_baseline(here, there, 1.0, "b")
+    assert [row["rung"] for row in c.numbers["rows"]] == ["r0", "r1"]
+
+
 @pytest.mark.parametrize("diffs, se, word", [
     ([0.1, -0.2, 0.05], 0.1, "indistinguishable from"),   # within seed noise
     ([3.0, 3.2, 2.9], 0.1, "higher than"),

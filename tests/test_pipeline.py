@@ -17,11 +17,22 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers import (REPO, TINY_PARAMS, downstream, dvc, env_with_venv, make_project, ran_stages,
-                     sh, stage_status)
+from helpers import (
+    REPO,
+    TINY_PARAMS,
+    downstream,
+    dvc,
+    env_with_venv,
+    make_project,
+    ran_stages,
+    sh,
+    stage_status,
+)
 
+from stages.errors import ParamsError
 from stages.layout import Layout
 from stages.params import load_params
+from stages.studies import pipeline, study_path, write_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -281,3 +292,63 @@ def test_the_paper_profile_validates_and_expands_into_the_expected_stages(study)
     expected |= {f"{stage}@{rung}-{seed}" for stage in ("train", "evaluate")
                  for rung in paper.decoders for seed in paper.seeds}
     assert names == expected
+
+
+# --- a named study beside the default one (profiles/long/) -----------------------------------
+
+def test_the_long_pipeline_is_the_default_one_with_its_own_params_and_folders():
+    """profiles/long/dvc.yaml is derived from dvc.yaml: after editing dvc.yaml, rerun
+    `vae-study study-pipeline long`."""
+    default = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    assert yaml.safe_load((REPO / "profiles/long/dvc.yaml").read_text()) == pipeline(default, "long"), \
+        "profiles/long/dvc.yaml is stale: run `vae-study study-pipeline long`"
+    stages = pipeline(default, "long")["stages"]
+    layout = Layout(Path("."), "long")
+    assert [o.replace("${item.decoder}", "RUNG").replace("${item.seed}", "7")
+            for o in stages["train"]["outs"]] == [str(layout.model("RUNG", 7))]
+    assert stages["binarize"]["outs"] == [str(layout.binarized)]
+    assert stages["report"]["outs"][0] == {str(layout.reports / "results.csv"): {"cache": False}}
+    assert study_path("data/raw/x", "long") == "data/raw/x"  # the download is shared
+
+
+def test_a_study_needs_a_folder_name_and_its_params_file(tmp_path):
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    with pytest.raises(ParamsError, match="profiles/x/params.yaml: not found"):
+        write_pipeline(tmp_path, "x")
+    for bad in ("Long", "../up", "models"):
+        (tmp_path / "profiles" / bad).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "profiles" / bad / "params.yaml").write_text("{}")
+        with pytest.raises(ParamsError, match=f"study name {bad!r}"):
+            write_pipeline(tmp_path, bad)
+    assert not list(tmp_path.glob("profiles/*/dvc.yaml"))
+
+
+def test_the_long_profile_is_the_default_ladder_trained_to_convergence():
+    default, long = load_params(REPO / "params.yaml"), load_params(REPO / "profiles/long/params.yaml")
+    assert long.decoders == default.decoders  # the same ladder: only the schedule differs
+    assert (long.binarize, long.encoder) == (default.binarize, default.encoder)
+    assert long.train.patience is not None and long.train.patience < long.train.epochs
+    assert len(long.seeds) >= 2 and long.evaluate.k >= 1000 and long.evaluate.n_test >= 2000
+
+
+def test_a_named_study_reproduces_into_its_own_folders_leaving_the_default_untouched(study):
+    """`dvc repro profiles/<study>/dvc.yaml` writes data/<study>/ and reports/<study>/ only; the
+    default study's dvc.lock and reports/ keep their bytes, and a second repro does nothing."""
+    long = copy.deepcopy(PARAMS)
+    long["train"].update(epochs=6, patience=1, min_delta_nats=0.0)
+    (study / "profiles/tiny").mkdir(parents=True)
+    (study / "profiles/tiny/params.yaml").write_text(yaml.safe_dump(long, sort_keys=False))
+    sh(study, "vae-study", "study-pipeline", "tiny")
+    before = {p: (study / p).read_bytes() for p in ("dvc.lock", "reports/results.csv", "reports/report.md")}
+
+    out = dvc(study, "repro", "profiles/tiny/dvc.yaml").stdout
+    ran = set(ran_stages(out))
+    assert ran == {f"profiles/tiny/dvc.yaml:{s}" for s in ("binarize", *TRAIN, *EVALUATE, "report")}
+    assert {p: (study / p).read_bytes() for p in before} == before
+    layout = Layout(study, "tiny")
+    assert all(layout.model(r, s).exists() for r in RUNGS for s in PARAMS["seeds"])
+    report = (study / "reports/tiny/report.md").read_text()
+    assert "## Against the baseline" in report and "Convergence: a run stops once 1 epoch in a row has not" in report
+    results = pd.read_csv(study / "reports/tiny/results.csv")
+    assert (results["epochs_trained"] <= 6).all()
+    assert ran_stages(dvc(study, "repro", "profiles/tiny/dvc.yaml").stdout) == []
