@@ -139,21 +139,28 @@ def kl_training(history: pd.DataFrame, names: list[str], side: set[str], thresho
     """Validation KL and ELBO (nats) against training images seen, per rung.
 
     history: rung, seed, images_seen, valid_kl_nats, valid_elbo_nats. One line per rung (mean
-    over seeds) with a band from the lowest to the highest seed when there are several; rungs
-    in `side` (not points of the power trend) dashed.
+    over seeds) with a band from the lowest to the highest seed when there are several, up to
+    the point every seed reached; where early stopping ended some seeds sooner, the others go on
+    as thin single-seed lines (a mean over the seeds left would jump). Rungs in `side` (not
+    points of the power trend) dashed.
     """
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(11.5, 4.4), layout="constrained")
         ax_kl, ax_elbo = fig.subplots(1, 2)
         for name, st in rung_styles(names, side).items():
             h = history[history["rung"] == name]
+            shared = h.groupby("seed")["images_seen"].max().min()  # every seed reached it
             for ax, key in ((ax_kl, "valid_kl_nats"), (ax_elbo, "valid_elbo_nats")):
-                g = h.groupby("images_seen")[key]
+                g = h[h["images_seen"] <= shared].groupby("images_seen")[key]
                 mean, lo, hi = g.mean(), g.min(), g.max()
                 ax.plot(mean.index, mean.to_numpy(), ms=3.5, lw=1.6, label=name, **st)
                 if h["seed"].nunique() > 1:
                     ax.fill_between(mean.index, lo.to_numpy(), hi.to_numpy(), color=st["color"],
                                     alpha=0.15, lw=0)
+                for _, run in h[h["images_seen"] >= shared].groupby("seed"):
+                    if len(run) > 1:  # this seed trained on after another one stopped
+                        ax.plot(run["images_seen"], run[key], color=st["color"], ls=st.get("ls", "-"),
+                                lw=0.8, alpha=0.6)
         ax_kl.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
         ax_kl.set_ylabel("validation KL[q(z|x) || p(z)] (nats)")
         ax_kl.set_ylim(bottom=0)

@@ -52,7 +52,9 @@ FIGURES = {  # name -> (title, caption); captions describe, the claims conclude
     "kl_training": (
         "KL and ELBO during training",
         ("Validation KL (left) and validation ELBO (right) against training images seen; lines "
-         "are means over seeds, bands the min-max over seeds; side rungs dashed.")),
+         "are means over seeds, bands the min-max over seeds, up to the point every seed reached; "
+         "thin lines go on with the seeds that trained longer (early stopping); side rungs "
+         "dashed.")),
     "rate_distortion": (
         "Rate and distortion",
         ("Each rung's rate (KL) against its distortion (reconstruction term), mean ± std over "

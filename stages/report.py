@@ -285,7 +285,7 @@ def read_baseline(path: Path) -> pd.DataFrame:
 
 
 def baseline_label(path: Path, baseline: pd.DataFrame) -> str:
-    epochs = sorted({int(round(e)) for e in baseline["epochs_trained"]})
+    epochs = sorted({round(e) for e in baseline["epochs_trained"]})
     span = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
     return (f"the study in `{path}` ({span} epochs, K = {int(baseline['iw_k'].min()):,} on "
             f"{int(baseline['n_test'].min()):,} test images, {int(baseline['n_seeds'].max())} seeds)")

@@ -440,3 +440,18 @@ def test_a_baseline_that_is_not_a_results_table_is_refused_before_anything_is_wr
     with pytest.raises(DataError, match="cannot read .*missing.csv"):
         report.run(params, layout, compare_with=tmp_path / "missing.csv")
     assert not layout.reports.exists()
+
+
+def test_the_training_figure_averages_only_where_every_seed_still_trains():
+    """Seed 1 stopped after epoch 2: the mean line ends there and seed 0 goes on alone, so no
+    mean ever jumps to a single seed's value."""
+    from stages import figures
+
+    rows = [{"rung": "a", "seed": s, "images_seen": 100 * e, "valid_kl_nats": kl,
+             "valid_elbo_nats": -100.0 + e}
+            for s, kls in ((0, [1.0, 2.0, 3.0, 4.0]), (1, [3.0, 4.0])) for e, kl in enumerate(kls, 1)]
+    fig = figures.kl_training(pd.DataFrame(rows), ["a"], set(), 1.0)
+    ax_kl = fig.axes[0]
+    mean, alone = ax_kl.lines[0], ax_kl.lines[1]
+    assert list(mean.get_xdata()) == [100, 200] and list(mean.get_ydata()) == [2.0, 3.0]
+    assert list(alone.get_xdata()) == [200, 300, 400] and list(alone.get_ydata()) == [2.0, 3.0, 4.0]
