@@ -363,8 +363,8 @@ def versus_baseline(results: pd.DataFrame, baseline: pd.DataFrame, threshold: fl
         v_a = verdict(a["kl_nats"], a["kl_nats_std"], int(a["n_seeds"]), threshold, True)
         v_b = verdict(b["kl_nats"], b["kl_nats_std"], int(b["n_seeds"]), threshold, True)
         group = ("stayed collapsed" if v_a == COLLAPSED and v_b == COLLAPSED else
-                 "regained" if v_a != KEPT and v_b == KEPT else
-                 "newly collapsed" if v_a != COLLAPSED and v_b == COLLAPSED else
+                 "regained" if v_a in (COLLAPSED, BORDERLINE) and v_b == KEPT else
+                 "newly collapsed" if v_a in (KEPT, BORDERLINE) and v_b == COLLAPSED else
                  "kept" if v_a == KEPT and v_b == KEPT else "undecided")
         moved[change].append(r)
         groups[group].append(r)
@@ -377,7 +377,8 @@ def versus_baseline(results: pd.DataFrame, baseline: pd.DataFrame, threshold: fl
         return ", ".join(f"`{r}` ({pm(by[r]['baseline_kl_nats'], by[r]['baseline_kl_std'])} -> "
                          f"{pm(by[r]['kl_nats'], by[r]['kl_std'])})" for r in names)
 
-    parts = [f"Against the baseline, {label}: KL rose beyond two combined seed std on "
+    parts = [f"Against the baseline, {label} (KL in nats, baseline -> this study, mean ± std over "
+             "seeds): KL rose beyond two combined seed std on "
              + (listing(moved["gained"]) if moved["gained"] else "no rung")]
     if moved["lost"]:
         parts.append(f"fell beyond it on {listing(moved['lost'])}")
@@ -394,11 +395,12 @@ def versus_baseline(results: pd.DataFrame, baseline: pd.DataFrame, threshold: fl
         if groups[group]:
             by_verdict.append(f"{words}: {_names(groups[group])}")
     if groups["undecided"]:
-        by_verdict.append(f"borderline or without a verdict in one of them: {_names(groups['undecided'])}")
+        by_verdict.append("borderline or without a verdict in at least one of them: "
+                          + _names(groups["undecided"]))
     trend = [r for r in shared if ours.loc[r, "role"] == TREND]
     rho_here = spearman(ours.loc[trend, "power"], ours.loc[trend, "kl_nats"]) if len(trend) > 2 else math.nan
     rho_there = spearman(ours.loc[trend, "power"], theirs.loc[trend, "kl_nats"]) if len(trend) > 2 else math.nan
-    text = ("; ".join(parts) + " (KL in nats, baseline -> this study, mean ± std over seeds). By the "
+    text = ("; ".join(parts) + ". By the "
             f"verdicts (KL < {threshold:g} nats, 2-std rule): " + "; ".join(by_verdict) + "."
             + (f" Spearman's rho between power and mean KL over the {len(trend)} trend rungs: "
                f"{rho_there:.2f} in the baseline, {rho_here:.2f} in this study." if not pd.isna(rho_here) and not pd.isna(rho_there) else ""))

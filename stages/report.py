@@ -286,9 +286,10 @@ def read_baseline(path: Path) -> pd.DataFrame:
 
 def baseline_label(path: Path, baseline: pd.DataFrame) -> str:
     epochs = sorted({round(e) for e in baseline["epochs_trained"]})
+    seeds = int(baseline["n_seeds"].max())
     span = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
     return (f"the study in `{path}` ({span} epochs, K = {int(baseline['iw_k'].min()):,} on "
-            f"{int(baseline['n_test'].min()):,} test images, {int(baseline['n_seeds'].max())} seeds)")
+            f"{int(baseline['n_test'].min()):,} test images, {seeds} seed{'s' if seeds != 1 else ''})")
 
 
 def history_table(data: ReportData) -> pd.DataFrame:

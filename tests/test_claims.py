@@ -194,6 +194,12 @@ def test_versus_baseline_calls_a_change_only_beyond_two_combined_seed_std():
     c = claims.versus_baseline(collapsed, table([0.3, 0.1, 0.2], std=[0.05, 0.05, 0.05]), 1.0, "b")
     assert c.numbers["stayed_collapsed"] == ["r0", "r1", "r2"] and "stayed collapsed" in c.text
     assert "regained" not in c.text and "rose beyond two combined seed std on no rung" in c.text
+    borderline_before = table([0.9, 5.0], std=[0.3, 0.2])  # r0: within 2 std of 1 nat
+    c = claims.versus_baseline(table([4.0, 5.1], std=[0.2, 0.2]), borderline_before, 1.0, "b")
+    assert c.numbers["regained"] == ["r0"] and c.numbers["kept"] == ["r1"]
+    one_seed = table([0.2, 5.0], n_seeds=1)  # no verdict there: nothing can be said to be regained
+    c = claims.versus_baseline(table([4.0, 5.1], std=[0.2, 0.2]), one_seed, 1.0, "b")
+    assert c.numbers["regained"] == [] and c.numbers["undecided"] == ["r0", "r1"]
 
 
 def test_versus_baseline_skips_rungs_without_z_and_rungs_only_one_side_has():

@@ -430,6 +430,7 @@ def test_a_baseline_study_is_compared_rung_by_rung(tmp_path, rendered):
     assert "## Against the baseline" in md and "(3 epochs, K = " in md
     row = next(line for line in md.splitlines() if line.startswith("| `mlp`") and "+5." in line)
     assert "no spread" in row and "cannot be judged on `mlp`" in versus["text"]
+    assert versus["numbers"]["regained"] == [] and "1 seed)" in versus["text"]  # no verdict there
 
 
 def test_a_baseline_that_is_not_a_results_table_is_refused_before_anything_is_written(tmp_path):
