@@ -377,8 +377,8 @@ def versus_baseline(results: pd.DataFrame, baseline: pd.DataFrame, threshold: fl
         return ", ".join(f"`{r}` ({pm(by[r]['baseline_kl_nats'], by[r]['baseline_kl_std'])} -> "
                          f"{pm(by[r]['kl_nats'], by[r]['kl_std'])})" for r in names)
 
-    parts = [f"Against the baseline, {label} (KL in nats, baseline -> this study, mean ± std over "
-             "seeds): KL rose beyond two combined seed std on "
+    parts = [f"Against the baseline, {label}, with KL in nats as baseline -> this study (mean ± std "
+             "over seeds): KL rose beyond two combined seed std on "
              + (listing(moved["gained"]) if moved["gained"] else "no rung")]
     if moved["lost"]:
         parts.append(f"fell beyond it on {listing(moved['lost'])}")
