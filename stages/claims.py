@@ -282,7 +282,7 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
                 ties.append((a, b))
     stable = not reversed_pairs and len(last) > 1
     span = f"epochs {last[0]}-{last[-1]}"
-    reach = (f", the epochs every run reached before it stopped (runs end between epoch "
+    reach = (f", the epochs every run of a trend rung reached before it stopped (they end between epoch "
              f"{epochs[-1]} and {int(reached.index.max())})" if ragged else "")
     text = (f"Training length: over epochs {epochs[0]}-{epochs[-1]} (validation KL, mean over "
             f"seeds{reach}), Spearman's rho between power and KL per epoch is "
@@ -387,13 +387,17 @@ def versus_baseline(results: pd.DataFrame, baseline: pd.DataFrame, threshold: fl
     if moved["no spread"]:
         parts.append(f"cannot be judged on {listing(moved['no spread'])} (one seed: no spread)")
     by_verdict = []
-    for group, words in (("regained", ("regained information in z (not collapsed in this study, "
-                                       "collapsed or borderline in the baseline)")),
-                         ("stayed collapsed", "stayed collapsed"),
-                         ("newly collapsed", "collapsed in this study but not in the baseline"),
-                         ("kept", "kept information in z in both")):
+
+    def was(names: list[str]) -> str:  # each rung with its verdict in the baseline
+        return ", ".join(f"`{r}` ({by[r]['baseline_verdict']} in the baseline)" for r in names)
+
+    for group, words, named in (("regained", "regained information in z (not collapsed in this "
+                                 "study)", was),
+                                ("stayed collapsed", "stayed collapsed", _names),
+                                ("newly collapsed", "collapsed in this study", was),
+                                ("kept", "kept information in z in both", _names)):
         if groups[group]:
-            by_verdict.append(f"{words}: {_names(groups[group])}")
+            by_verdict.append(f"{words}: {named(groups[group])}")
     if groups["undecided"]:
         by_verdict.append("borderline or without a verdict in at least one of them: "
                           + _names(groups["undecided"]))

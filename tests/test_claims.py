@@ -156,7 +156,8 @@ def test_training_order_uses_only_the_epochs_every_run_reached():
     h.loc[(h["rung"] == "r1") & (h["epoch"] > 4), "valid_kl_nats"] = 40.0  # would swap r0/r1
     c = claims.training_order(results, h)
     assert len(c.numbers["rho_per_epoch"]) == 4
-    assert "over epochs 1-4" in c.text and "runs end between epoch 4 and 6" in c.text
+    assert "over epochs 1-4" in c.text and "every run of a trend rung reached" in c.text
+    assert "they end between epoch 4 and 6" in c.text
     assert c.numbers["stable_over_last_epochs"] is True
 
 
@@ -197,6 +198,12 @@ def test_versus_baseline_calls_a_change_only_beyond_two_combined_seed_std():
     borderline_before = table([0.9, 5.0], std=[0.3, 0.2])  # r0: within 2 std of 1 nat
     c = claims.versus_baseline(table([4.0, 5.1], std=[0.2, 0.2]), borderline_before, 1.0, "b")
     assert c.numbers["regained"] == ["r0"] and c.numbers["kept"] == ["r1"]
+    assert "regained information in z (not collapsed in this study): `r0` (borderline in the baseline)" in c.text
+    # from borderline to collapsed: named as collapsed here, with the baseline's verdict beside it
+    c = claims.versus_baseline(table([0.2, 5.1], std=[0.05, 0.2]), borderline_before, 1.0, "b")
+    assert c.numbers["newly_collapsed"] == ["r0"]
+    assert "collapsed in this study: `r0` (borderline in the baseline)" in c.text
+    assert "not in the baseline" not in c.text
     one_seed = table([0.2, 5.0], n_seeds=1)  # no verdict there: nothing can be said to be regained
     c = claims.versus_baseline(table([4.0, 5.1], std=[0.2, 0.2]), one_seed, 1.0, "b")
     assert c.numbers["regained"] == [] and c.numbers["undecided"] == ["r0", "r1"]
