@@ -198,7 +198,8 @@ def test_versus_baseline_calls_a_change_only_beyond_two_combined_seed_std():
     borderline_before = table([0.9, 5.0], std=[0.3, 0.2])  # r0: within 2 std of 1 nat
     c = claims.versus_baseline(table([4.0, 5.1], std=[0.2, 0.2]), borderline_before, 1.0, "b")
     assert c.numbers["regained"] == ["r0"] and c.numbers["kept"] == ["r1"]
-    assert "regained information in z (not collapsed in this study): `r0` (borderline in the baseline)" in c.text
+    assert ("regained information in z (not collapsed in this study): "
+            "`r0` (borderline in the baseline)") in c.text
     # from borderline to collapsed: named as collapsed here, with the baseline's verdict beside it
     c = claims.versus_baseline(table([0.2, 5.1], std=[0.05, 0.2]), borderline_before, 1.0, "b")
     assert c.numbers["newly_collapsed"] == ["r0"]
