@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from stages.model import DECODERS, build_decoder
+from stages.model.autoregressive import GridSupport
 from stages.model.pixelcnn import PixelCNNDecoder
 from stages.model.vae import EncoderConfig, GaussianEncoder, gaussian_kl_per_dim
 
@@ -15,7 +16,9 @@ SMALL = {
     "mlp": {"hidden": (16,)},
     "conv": {"channels": 4},
     "pixelcnn": {"n_layers": 2, "channels": 4},
+    "gated_pixelcnn": {"n_layers": 3, "channels": 4},
 }
+AUTOREGRESSIVE = ("pixelcnn", "gated_pixelcnn")
 
 
 def decoder(family: str, **options):
@@ -52,7 +55,7 @@ def test_samples_are_binary_images_with_their_probabilities(family):
 
 
 @pytest.mark.parametrize("family, options", [(f, {}) for f in sorted(SMALL)]
-                         + [("pixelcnn", {"z_pathway": "bias"})])
+                         + [(f, {"z_pathway": "bias"}) for f in AUTOREGRESSIVE])
 def test_log_prob_k_equals_log_prob_for_each_sample(family, options):
     """The shared-work K-sample path must give exactly what K separate calls give."""
     dec = decoder(family, **options)
@@ -108,43 +111,47 @@ def test_receptive_field_of_one_masked_layer_is_its_causal_window():
             for k in (3, 5, 7)] == [4, 12, 24]
 
 
-def test_spatial_pathway_lets_z_vary_across_pixels_and_the_bias_cannot():
+@pytest.mark.parametrize("family", AUTOREGRESSIVE)
+def test_spatial_pathway_lets_z_vary_across_pixels_and_the_bias_cannot(family):
     """On a blank canvas, a bias pathway gives every interior pixel the same logit whatever z;
     the spatial pathway gives z a map, so logits differ from pixel to pixel."""
     x, z = torch.zeros(1, 1, 28, 28), torch.randn(1, D)
     for pathway, varies in (("bias", False), ("spatial", True)):
-        dec = decoder("pixelcnn", n_layers=1, first_kernel_size=3, z_pathway=pathway)
+        dec = decoder(family, n_layers=1, first_kernel_size=3, z_pathway=pathway, channels=16)
         with torch.no_grad():
             interior = dec.logits(x, z)[0, 0, 4:24, 4:24]  # away from padding effects
         assert bool(interior.std() > 1e-4) is varies, pathway
 
 
-def test_the_spatial_pathway_shares_the_conv_decoders_trunk():
-    dec, conv = decoder("pixelcnn"), decoder("conv")
+@pytest.mark.parametrize("family", AUTOREGRESSIVE)
+def test_the_spatial_pathway_shares_the_conv_decoders_trunk(family):
+    dec, conv = decoder(family), decoder("conv")
     assert type(dec.trunk) is type(conv.trunk)
-    assert decoder("pixelcnn", z_pathway="bias").trunk is None
-    assert decoder("pixelcnn", conditional=False).cond is None
+    assert decoder(family, z_pathway="bias").trunk is None
+    assert decoder(family, conditional=False).z_path is None
 
 
-def test_unconditional_pixelcnn_ignores_z():
-    dec = decoder("pixelcnn", conditional=False)
+@pytest.mark.parametrize("family", AUTOREGRESSIVE)
+def test_unconditional_pixelcnn_ignores_z(family):
+    dec = decoder(family, conditional=False)
     x = binary_images(4)
     assert not dec.uses_z
     torch.testing.assert_close(dec.log_prob(x, torch.randn(4, D)), dec.log_prob(x, 10 * torch.randn(4, D)),
                                rtol=0, atol=0)
-    assert decoder("pixelcnn").uses_z
+    assert decoder(family).uses_z
 
 
-def test_conditional_pixelcnn_uses_z():
-    dec = decoder("pixelcnn")
+@pytest.mark.parametrize("family", AUTOREGRESSIVE)
+def test_conditional_pixelcnn_uses_z(family):
+    dec = decoder(family)
     x = binary_images(4)
     assert not torch.allclose(dec.log_prob(x, torch.zeros(4, D)), dec.log_prob(x, torch.ones(4, D)))
 
 
-@pytest.mark.parametrize("z_pathway", ["spatial", "bias"])
-def test_pixelcnn_sampling_is_exact_ancestral_sampling(z_pathway):
+@pytest.mark.parametrize("family, z_pathway", [(f, p) for f in AUTOREGRESSIVE for p in ("spatial", "bias")])
+def test_pixelcnn_sampling_is_exact_ancestral_sampling(family, z_pathway):
     """The probability recorded for each pixel is p(x_i = 1 | x_<i, z) of the full model."""
-    dec = decoder("pixelcnn", n_layers=3, z_pathway=z_pathway)
+    dec = decoder(family, n_layers=3, z_pathway=z_pathway)
     z = torch.randn(2, D)
     x, probs = dec.sample(z, torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -174,3 +181,74 @@ def test_pixelcnn_config_defaults_are_the_documented_architecture():
     config = PixelCNNDecoder.Config()
     assert (config.first_kernel_size, config.kernel_size) == (7, 3)
     assert config.z_pathway == "spatial"
+
+
+def gradient_support(dec, pixel: int, draws: int = 6) -> torch.Tensor:
+    """(784,) bool: the input pixels with a nonzero gradient of one logit, over a few draws of
+    (x, z) so that a unit that happens to be off for one draw hides nothing."""
+    seen = torch.zeros(784, dtype=torch.bool)
+    for i in range(draws):
+        x = binary_images(1, seed=i).requires_grad_(True)
+        dec.logits(x, torch.randn(1, D)).flatten()[pixel].backward()
+        seen |= x.grad.flatten() != 0
+    return seen
+
+
+EDGES = (0, 1, 27, 28, 29, 55, 56, 400, 419, 27 * 28, 783)  # corners, both edges, row starts, the middle
+
+
+@pytest.mark.parametrize("n_layers, kernel_size, first_kernel_size",
+                         [(1, 5, 7), (2, 5, 7), (3, 3, 5), (4, 5, 3)])
+def test_gated_stack_sees_exactly_its_counted_support_at_every_position(n_layers, kernel_size,
+                                                                        first_kernel_size):
+    """Every pixel the stack geometry counts has a nonzero gradient, no other pixel has one, and
+    nothing at or after the pixel itself is ever seen, at interior and edge positions."""
+    dec = decoder("gated_pixelcnn", n_layers=n_layers, kernel_size=kernel_size,
+                  first_kernel_size=first_kernel_size, channels=8)  # 8: no position whose head is all off
+    counted = torch.from_numpy(dec.causal_support(GridSupport()).matrix)  # (784,784)
+    for pixel in EDGES:
+        seen = gradient_support(dec, pixel)
+        assert not seen[pixel:].any(), f"pixel {pixel} sees a pixel at or after itself"
+        assert torch.equal(seen, counted[pixel]), f"pixel {pixel}: {int(seen.sum())} seen, " \
+                                                  f"{int(counted[pixel].sum())} counted"
+
+
+def test_gated_stack_of_pixelvae_geometry_sees_the_whole_raster_past():
+    """7x7 + 12 layers of 5x5: the last pixel's logit depends on all 783 earlier pixels (no blind
+    spot), a pixel on the right edge sees the whole row above it, and the count says so."""
+    dec = decoder("gated_pixelcnn", n_layers=13, kernel_size=5, first_kernel_size=7)
+    for pixel in (783, 28 * 14 - 1, 28 * 20):
+        seen = gradient_support(dec, pixel, draws=3)
+        assert int(seen.sum()) == pixel and not seen[pixel:].any()
+    assert dec.raster_share == 1.0
+    assert dec.receptive_field == 27 + 27 * 55  # 27 left in the row, 27 rows of 55 above
+
+
+def test_masked_stack_keeps_its_blind_spot_and_the_count_includes_the_edges():
+    """The masked 3x3 stack misses pixels up and to the right; the grid count (clipped at the
+    image edges) equals the gradient support at the edges too, and its share stays below 1."""
+    dec = decoder("pixelcnn", n_layers=4, first_kernel_size=7, channels=8)
+    counted = torch.from_numpy(dec.causal_support(GridSupport()).matrix)
+    for pixel in EDGES:
+        assert torch.equal(gradient_support(dec, pixel), counted[pixel]), pixel
+    assert dec.raster_share < 0.5
+
+
+def test_power_orders_the_gated_stack_above_the_masked_stack_it_outgrows():
+    """The unbounded count keeps growing with depth where the 28x28 share saturates at 1."""
+    counts = [decoder("gated_pixelcnn", n_layers=n, kernel_size=9).receptive_field for n in (3, 7, 8)]
+    shares = [decoder("gated_pixelcnn", n_layers=n, kernel_size=9).raster_share for n in (3, 7, 8)]
+    assert counts[0] < counts[1] < counts[2]
+    assert shares[0] < shares[1] == shares[2] == 1.0
+    assert decoder("pixelcnn", n_layers=8).receptive_field < counts[0]
+
+
+def test_fused_1x1_add_matches_the_convolution_in_every_layout():
+    from stages.model.autoregressive import conv1x1_add
+    conv = torch.nn.Conv2d(6, 4, 1)
+    acc, x = torch.randn(3, 4, 5, 7), torch.randn(3, 6, 5, 7)
+    expected = acc + conv(x)
+    cl = torch.channels_last
+    for a, b in ((acc, x), (acc.contiguous(memory_format=cl), x.contiguous(memory_format=cl)),
+                 (acc.contiguous(memory_format=cl), x[:, :, :5])):
+        torch.testing.assert_close(conv1x1_add(a, b, conv), expected)
