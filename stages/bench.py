@@ -11,8 +11,11 @@
 - step_breakdown (CPU): where the deepest PixelCNN's step goes (torch.profiler): time inside the
   convolution kernels and their GFLOP/s (the ceiling the whole step could reach), the rest,
   and what one elementwise pass over a layer's activations costs (the memory-bound part);
-- evaluate: decoder evaluations per second inside the IW estimator, for the mlp and the
-  deepest conditional PixelCNN; and the bf16 IW NLL against fp32 on trained checkpoints;
+- evaluate: decoder evaluations per second inside the IW estimator, for the mlp, the deepest
+  conditional PixelCNN and the deepest conditional gated PixelCNN; and the bf16 IW NLL against
+  fp32 on trained checkpoints;
+- peer (with --peer-dir): the gated decoder's step beside jxhe/vae-lagging-encoder's
+  (`stages.peer`);
 - mlp_full_eval: the mlp rung's IW estimate at K = 5000 on all 10,000 test images, timed;
 - peak resident memory after each part.
 
@@ -32,6 +35,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from stages import peer
 from stages.checkpoint import load_model
 from stages.data import Split, load_splits
 from stages.estimators import iw_log_likelihood
@@ -172,7 +176,14 @@ def iw_nll(model, test: Split, k: int, chunk: int, precision: Precision, batch: 
     return total / len(test)
 
 
-def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = True) -> dict[str, Any]:
+def deepest(params: StudyParams, family: str) -> str | None:
+    """The conditional rung of `family` with the most layers (None if the ladder has none)."""
+    rungs = [n for n, r in params.decoders.items() if r.family == family and r.decoder.conditional]
+    return max(rungs, key=lambda n: params.decoders[n].decoder.n_layers) if rungs else None
+
+
+def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = True,
+        peer_dir: Path | None = None) -> dict[str, Any]:
     device = resolve_device()
     train_precision = resolve_precision(params.train.precision, device)
     eval_precision = resolve_precision(params.evaluate.precision, device)
@@ -187,14 +198,13 @@ def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = Tr
     result["peak_gflops"] = peak
     print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
 
-    pixelcnns = [n for n, r in params.decoders.items() if r.family == "pixelcnn" and r.decoder.conditional]
-    deepest = max(pixelcnns, key=lambda n: params.decoders[n].decoder.n_layers) if pixelcnns else None
+    deepest_pixelcnn, deepest_gated = deepest(params, "pixelcnn"), deepest(params, "gated_pixelcnn")
 
     batch = images(splits, params.train.batch_size)
     train_rows = {}
     for name, rung in params.decoders.items():
         seconds, flops, parts = train_step_rate(build_model(rung, params.encoder), batch, train_precision,
-                                                breakdown=name == deepest and device.type == "cpu")
+                                                breakdown=name == deepest_pixelcnn and device.type == "cpu")
         train_rows[name] = {"family": rung.family,
                             **throughput(name, len(batch), seconds, flops, peak["bf16"])}
         if parts is not None:
@@ -204,18 +214,20 @@ def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = Tr
     result["train"] = train_rows
     result["peak_rss_mib_after_train"] = peak_rss_mib()
 
-    if deepest is not None:  # the same rung compiled, and with 5x5 kernels (more work per byte)
-        rung = params.rung(deepest)
+    if deepest_pixelcnn is not None:  # the same rung compiled, and with 5x5 kernels (more work per byte)
+        rung = params.rung(deepest_pixelcnn)
         wide = dataclasses.replace(rung, decoder=dataclasses.replace(rung.decoder, kernel_size=5))
         for label, variant, compiled in (("torch.compile", rung, True), ("kernel_size 5", wide, False)):
             seconds, flops, _ = train_step_rate(build_model(variant, params.encoder), batch,
                                                 train_precision, compile_decoder=compiled)
-            result.setdefault("train_variants", {})[f"{deepest}, {label}"] = throughput(
-                f"{deepest}, {label}", len(batch), seconds, flops, peak["bf16"])
+            result.setdefault("train_variants", {})[f"{deepest_pixelcnn}, {label}"] = throughput(
+                f"{deepest_pixelcnn}, {label}", len(batch), seconds, flops, peak["bf16"])
+    result["peer"] = peer.compare(peer_dir, params.train.batch_size, params.encoder.latent_dim,
+                                  train_precision, resolve_precision("fp32", device))
 
     test_batch = images(splits, params.evaluate.batch_size, "test")
     result["evaluate"] = {}
-    for name in [n for n in ("mlp", deepest) if n in params.decoders]:
+    for name in [n for n in ("mlp", deepest_pixelcnn, deepest_gated) if n in params.decoders]:
         model = build_model(params.rung(name), params.encoder)
         rate = eval_rate(model, test_batch, params.evaluate.k, params.evaluate.chunk_size, eval_precision)
         entry = {"decoder_evals_per_s": rate}

@@ -8,8 +8,6 @@ the rungs ordered by that power measure, with its spread over seeds, computed fr
 - `results`: one row per rung (stages.report.summarize): rung, role, power, receptive_field,
   n_seeds, and per metric its mean and `<metric>_std` over seeds;
 - `per_seed`: rung, seed, kl_nats (one row per run), for statistics computed seed by seed;
-- `paired`: per seed, the per-image difference of log p(x) between the strongest VAE and the
-  decoder alone on the same test images (stages.report.paired_differences);
 - `history`: rung, seed, epoch, images_seen, valid_kl_nats, valid_elbo_nats (training);
 - `k_curves`: rung, k, nll_iw_nats (mean over seeds).
 
@@ -216,29 +214,6 @@ def pathway(results: pd.DataFrame) -> list[Claim]:
                                                    "kl_difference_nats": diff,
                                                    "beyond_two_std": clear}))
     return out
-
-
-def decoder_alone(paired: pd.DataFrame | None, vae: str | None, baseline: str | None) -> Claim | None:
-    """The strongest VAE against the decoder alone, by paired per-image differences."""
-    if paired is None or paired.empty or vae is None or baseline is None:
-        return None
-    n_seeds, n_images = len(paired), int(paired["n_images"].min())
-    parts, numbers = [], {"vae_rung": vae, "baseline_rung": baseline, "n_seed_pairs": n_seeds}
-    for key, label in (("iw", "importance-weighted log p(x)"), ("elbo", "ELBO")):
-        d, se = paired[f"{key}_diff_nats"], paired[f"{key}_diff_se_nats"].mean()
-        mean, std = d.mean(), d.std(ddof=1) if n_seeds > 1 else math.nan
-        noise = max(2 * std if not pd.isna(std) else 0.0, 2 * se)
-        word = ("indistinguishable from" if abs(mean) <= noise else
-                "higher than" if mean > 0 else "lower than")
-        parts.append(f"by the {label} it is {word} the decoder alone's "
-                     f"({pm(mean, std)} nats; per-image s.e. {se:.2f})")
-        numbers.update({f"{key}_diff_nats": mean, f"{key}_diff_std_nats": std,
-                        f"{key}_diff_se_nats": se, f"{key}_verdict": word})
-    text = (f"Paired over the same {n_images} test images, seed by seed ({n_seeds} "
-            f"pair{'s' if n_seeds != 1 else ''}), the strongest VAE `{vae}` against the decoder "
-            f"alone `{baseline}` (VAE minus decoder alone, mean ± std over seed pairs; 'higher' or "
-            f"'lower' only beyond two std and two s.e.): " + "; ".join(parts) + ".")
-    return Claim("decoder_alone", text, numbers)
 
 
 def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None:
@@ -498,15 +473,16 @@ def k_convergence(k_curves: pd.DataFrame, order: list[str]) -> Claim | None:
                                          "tolerance_nats": K_TOLERANCE})
 
 
-def all_claims(results: pd.DataFrame, per_seed: pd.DataFrame, paired: pd.DataFrame | None,
-               history: pd.DataFrame, k_curves: pd.DataFrame, threshold: float,
-               vae: str | None, baseline: str | None, convergence_claim: Claim | None = None,
-               versus: Claim | None = None) -> list[Claim]:
-    """Every claim the numbers support, in reading order."""
+def all_claims(results: pd.DataFrame, per_seed: pd.DataFrame, history: pd.DataFrame,
+               k_curves: pd.DataFrame, threshold: float, convergence_claim: Claim | None = None,
+               versus: Claim | None = None,
+               z_claims: tuple[Claim | None, Claim | None] = (None, None)) -> list[Claim]:
+    """Every claim the numbers support, in reading order. `z_claims`: where collapse becomes
+    the ELBO's optimum (the headline, first) and what z adds rung by rung (stages.zadds)."""
     order = list(results.sort_values("power")["rung"])
-    claims = [power_trend(results, per_seed), kl_gone_at_top(results, per_seed),
-              verdicts(results, threshold), versus, *pathway(results), convergence_claim,
-              training_order(results, history),
-              decoder_alone(paired, vae, baseline), probe(results), mutual_information(results),
+    optimum, adds = z_claims
+    claims = [optimum, power_trend(results, per_seed), kl_gone_at_top(results, per_seed),
+              verdicts(results, threshold), adds, versus, *pathway(results), convergence_claim,
+              training_order(results, history), probe(results), mutual_information(results),
               bound_gap(results), k_convergence(k_curves, order)]
     return [c for c in claims if c is not None]

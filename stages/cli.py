@@ -116,13 +116,16 @@ def study_pipeline(name: str = typer.Argument(..., help="the study: profiles/<na
 def bench(params: Path = PARAMS, root: Path = ROOT,
           out: Path = typer.Option(Path("reports/bench.json"), help="where to write the figures"),
           full_mlp_eval: bool = typer.Option(True, "--full-mlp-eval/--quick",
-                                             help="also time the mlp at K=5000 on all test images")) -> None:
+                                             help="also time the mlp at K=5000 on all test images"),
+          peer_dir: Path | None = typer.Option(None, "--peer-dir", help="a copy of jxhe/vae-lagging-encoder "
+                                               "(the folder holding modules/): time its gated PixelCNN "
+                                               "decoder beside ours (skipped without it)")) -> None:
     """Measure speed against this machine's matmul peak (a benchmark, not a test)."""
     from stages.bench import run
     from stages.layout import Layout
     from stages.params import load_params
 
-    run(load_params(params), Layout(root), out, full_mlp_eval)
+    run(load_params(params), Layout(root), out, full_mlp_eval, peer_dir)
 
 
 def main() -> None:

@@ -15,6 +15,9 @@
   log q(z|x) - log q(z) is at most log M and so is the estimate (`mi_cap`): a minibatch
   mixture would cap it at log(batch size). The evaluate stage uses the test images plus the
   probe's training images, and reports the cap beside the estimate.
+- `independent_pixel_log_prob`: log p(x) under independent Bernoulli pixels with the training
+  split's pixel means (add-one smoothed): the decoder alone of a factorized decoder, the
+  likelihood a factorized VAE reaches when it ignores z.
 - `active_units`: latent dimensions u with Cov_x(E_q[z_u]) above a threshold (Burda et al.
   2016, Sec. 5.2, threshold 0.01).
 
@@ -150,6 +153,15 @@ def mutual_information(mu: torch.Tensor, logvar: torch.Tensor, n_samples: int = 
     log_q_z_x = log_normal(z, mu[:, None], logvar[:, None])  # (N,S) log q(z|x)
     log_q_z = log_mixture_density(z.reshape(n * n_samples, d), mix_mu, mix_logvar)  # (N*S,)
     return float((log_q_z_x.reshape(-1) - log_q_z).mean())
+
+
+def independent_pixel_log_prob(x: torch.Tensor, train_x: torch.Tensor) -> torch.Tensor:
+    """sum_i log Bernoulli(x_i | p_i), p_i = (sum_n x_ni + 1) / (N + 2) over the N training
+    images (binary pixels, or intensities of a dynamic split: their mean is the same p_i).
+    x: (B,1,28,28), train_x: (N,1,28,28) -> (B,) nats, fp64"""
+    p = (train_x.double().sum(0) + 1) / (len(train_x) + 2)  # (1,28,28)
+    x = x.double()
+    return (x * p.log() + (1 - x) * (-p).log1p()).flatten(1).sum(1)  # (B,)
 
 
 def active_units(mu: torch.Tensor, threshold: float = 0.01) -> tuple[int, torch.Tensor]:

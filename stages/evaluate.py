@@ -10,9 +10,10 @@ active units, the linear-probe accuracy on sampled codes z ~ q(z|x) (see
 prior samples for the report.
 
 Outputs: the metrics JSON, and in the eval folder k_curve.csv, latent_dims.csv,
-per_image.csv (test_index into the full test split, the IW estimate log p^_K(x) and the
-ELBO of each image: their means are -nll_iw_nats and -nll_elbo_nats), images.npz and
-info.json.
+per_image.csv (test_index into the full test split; per image the IW estimate log p^_K(x)
+and the ELBO, whose means are -nll_iw_nats and -nll_elbo_nats; E_q[log p(x|z)], which for a
+decoder without z is its exact log p(x); and log p(x) under independent pixels with the
+training means, the decoder alone of a factorized rung), images.npz and info.json.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from tqdm import tqdm
 from stages.checkpoint import load_model
 from stages.data import Split, load_splits
 from stages.errors import DataError
-from stages.estimators import active_units, iw_log_likelihood, k_checkpoints, mi_cap, mutual_information
+from stages.estimators import (active_units, independent_pixel_log_prob, iw_log_likelihood, k_checkpoints,
+                               mi_cap, mutual_information)
 from stages.fsutil import ensure_writable_dir, write_csv, write_json, write_npz
 from stages.layout import Layout
 from stages.model import VAE
@@ -48,7 +50,7 @@ class Evaluation:
     per_dim: pd.DataFrame  # dim, kl_nats, posterior_mean_variance, active
     images: dict[str, np.ndarray]  # x, recon, recon_probs, samples, sample_probs: (n,28,28)
     info: dict[str, Any]
-    per_image: pd.DataFrame  # test_index, log_px_iw_nats, elbo_nats
+    per_image: pd.DataFrame  # test_index, log_px_iw_nats, elbo_nats, log_px_given_z_nats, log_px_independent_nats
 
 
 def test_subset(n_total: int, n_test: int | None, seed: int) -> torch.Tensor:
@@ -150,6 +152,8 @@ def evaluate_model(model: VAE, test: Split, train: Split, config: EvaluateConfig
         "test_index": test_index.numpy(),
         "log_px_iw_nats": log_px_t.double().numpy(),
         "elbo_nats": elbo.double().numpy(),
+        "log_px_given_z_nats": log_px_z_t.double().numpy(),  # E_q log p(x|z); exact log p(x) without z
+        "log_px_independent_nats": independent_pixel_log_prob(test.x, train.x).numpy(),
     })
     info = {"precision": precision.name, "device": str(device), "family": model.decoder.family,
             "uses_z": model.decoder.uses_z, "n_params": sum(p.numel() for p in model.parameters())}

@@ -1,7 +1,10 @@
 """The report's figures: one function per figure, plain data in, a matplotlib Figure out.
 
 - `headline`: KL[q(z|x)||p(z)] and -log p(x) (IW, Burda et al. 2016) along the decoder-power
-  axis, with the decoder-alone baseline's -log p(x) as the reference a collapsed VAE should reach;
+  axis, with each rung's decoder alone (its no-z twin, or independent pixels) beside it: the
+  -log p(x) a collapsed VAE of that rung reaches;
+- `kl_vs_z_adds`: KL against what z adds (NLL of the decoder alone minus NLL of the VAE), one
+  point per rung (`stages.zadds`);
 - `kl_training`: validation KL and ELBO against training images seen;
 - `rate_distortion`: rate R = KL against distortion D = -E_q log p(x|z), with isolines of
   constant -ELBO = R + D (Alemi et al. 2018, Fig. 1);
@@ -79,12 +82,21 @@ def headline(results: pd.DataFrame, threshold: float) -> Figure:
     """KL and NLL_IW (nats) per rung, along the power axis (results are in power order).
 
     results: one row per rung with rung, role, receptive_field, kl_nats, kl_nats_std,
-    nll_iw_nats, nll_iw_nats_std, nll_iw_stderr_nats, n_seeds. Error bars: std over seeds
-    (none for one seed, where NLL_IW shows its standard error over test images). The trend
-    rungs are joined by a line; side rungs (role other than "trend") are grey squares.
+    nll_iw_nats, nll_iw_nats_std, nll_iw_stderr_nats, n_seeds, and, where a rung has a decoder
+    alone, twin and nll_alone_nats / nll_alone_std. Error bars: std over seeds (none for one
+    seed, where NLL_IW shows its standard error over test images). The trend rungs are joined
+    by a line; side rungs (role other than "trend") are grey squares. A no-z rung that is some
+    rung's twin is drawn at that rung (open squares), not as a point of its own.
     """
+    twins = set(results["twin"].dropna()) if "twin" in results.columns else set()
+    alone = (results["nll_alone_nats"].to_numpy(float) if "nll_alone_nats" in results.columns
+             else np.full(len(results), np.nan))
+    alone_err = (results["nll_alone_std"].fillna(0).to_numpy(float) if "nll_alone_std" in results.columns
+                 else np.zeros(len(results)))
+    shown = (~results["rung"].isin(twins)).to_numpy(bool)
+    alone, alone_err, results = alone[shown], alone_err[shown], results[shown].reset_index(drop=True)
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(8.5, 6.6), layout="constrained")
+        fig = Figure(figsize=(9.5, 6.8), layout="constrained")
         ax_kl, ax_nll = fig.subplots(2, 1, sharex=True)
         labels = [f"{r.rung}\n(rf {r.receptive_field})" for r in results.itertuples()]
         x = np.arange(len(results))
@@ -117,10 +129,12 @@ def headline(results: pd.DataFrame, threshold: float) -> Figure:
         if side.any():
             ax_nll.errorbar(x[side], nll[side], yerr=nll_err[side], fmt="s", color=BASELINE_COLOR,
                             ms=6, capsize=3)
-        if (~has_z).any():
-            ax_nll.errorbar(x[~has_z], nll[~has_z], yerr=nll_err[~has_z], fmt="s",
-                            color=BASELINE_COLOR, ms=6, capsize=3)
-        for row in results[~has_z].itertuples():
+        paired = ~np.isnan(alone)
+        if paired.any():
+            ax_nll.errorbar(x[paired], alone[paired], yerr=alone_err[paired], fmt="s--", mfc="white",
+                            color=BASELINE_COLOR, ms=6, capsize=3,
+                            label="its decoder alone (no-z twin, or independent pixels), exact")
+        for row in results[~has_z].itertuples():  # a no-z rung that is nobody's twin
             spread = row.nll_iw_nats_std if several else row.nll_iw_stderr_nats
             ax_nll.axhline(row.nll_iw_nats, color=BASELINE_COLOR, ls="--", lw=1.2,
                            label=f"decoder alone ({row.rung})")
@@ -130,8 +144,38 @@ def headline(results: pd.DataFrame, threshold: float) -> Figure:
         bars = "std over seeds" if several else "standard error over test images"
         ax_nll.set_title(f"Likelihood by importance sampling (error bars: {bars})")
         ax_nll.set_xlabel("rung, in order of decoder power (rf: causal receptive field, pixels)")
+        if paired.any():  # the independent-pixel model sits far above every VAE: do not let it set the scale
+            finite = np.concatenate([nll, alone[paired & (results["receptive_field"] > 0).to_numpy()]])
+            lo, hi = float(np.nanmin(finite)), float(np.nanmax(np.concatenate([nll, finite])))
+            ax_nll.set_ylim(lo - 0.08 * (hi - lo + 1), hi + 0.15 * (hi - lo + 1))
         ax_nll.legend(loc="best")
         _rung_axis(ax_nll, labels)
+    return fig
+
+
+def kl_vs_z_adds(results: pd.DataFrame, threshold: float) -> Figure:
+    """KL (nats) against what z adds by IW (NLL of the decoder alone minus NLL_IW of the VAE,
+    nats, paired per image), one point per trend rung, mean ± std over seeds. Filled: the VAE's
+    ELBO beats the collapsed solution's; open: collapse is the better ELBO or within noise."""
+    rows = results[(results["role"] == "trend") & results["z_adds_iw_nats"].notna()]
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(7.5, 5.2), layout="constrained")
+        ax = fig.subplots()
+        styles = rung_styles(list(rows["rung"]), set())
+        for r in rows.itertuples():
+            open_marker = r.collapse != "the VAE's ELBO is better"
+            ax.errorbar(r.z_adds_iw_nats, r.kl_nats, xerr=None if pd.isna(r.z_adds_iw_std) else r.z_adds_iw_std,
+                        yerr=None if pd.isna(r.kl_nats_std) else r.kl_nats_std, fmt="o", ms=7, capsize=3,
+                        color=styles[r.rung]["color"], mfc="white" if open_marker else styles[r.rung]["color"])
+            ax.annotate(r.rung, (r.z_adds_iw_nats, r.kl_nats), textcoords="offset points",
+                        xytext=(6, 4), fontsize=8)
+        ax.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
+        ax.axvline(0, color=BASELINE_COLOR, lw=1)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("what z adds: NLL of the decoder alone - NLL_IW of the VAE (nats, symlog scale)")
+        ax.set_ylabel("KL[q(z|x) || p(z)] (nats)")
+        ax.set_title("KL against what z adds, one point per rung (open: collapse is not the worse ELBO)")
+        ax.legend(loc="best")
     return fig
 
 

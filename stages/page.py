@@ -47,8 +47,17 @@ FIGURES = {  # name -> (title, caption); captions describe, the claims conclude
          "Top: KL[q(z|x)||p(z)] on the test images, mean and std over seeds; the line joins the "
          "points of the trend; grey squares are side rungs (z as a bias, mitigated objectives, "
          "no z), not points of the trend; dotted red line: the collapse threshold. Bottom: "
-         "-log p(x) by importance sampling; dashed grey line and band: the decoder alone and its "
-         "spread.")),
+         "-log p(x) by importance sampling; open grey squares: each rung's decoder alone (its "
+         "no-z twin, exact; for a factorized rung, independent pixels at the training means), "
+         "the -log p(x) a collapsed VAE of that rung reaches; the twins are not points of their "
+         "own.")),
+    "kl_vs_z_adds": (
+        "KL against what z adds",
+        ("One point per trend rung: x, the NLL of its decoder alone (the no-z twin of an "
+         "autoregressive rung; independent pixels at the training means for a factorized one) "
+         "minus the VAE's NLL_IW, paired per test image; y, the VAE's KL. Mean ± std over seeds. "
+         "Open markers: the collapsed solution's ELBO is not below the VAE's (better or within "
+         "noise); filled: the VAE's ELBO is better.")),
     "kl_training": (
         "KL and ELBO during training",
         ("Validation KL (left) and validation ELBO (right) against training images seen; lines "
@@ -113,6 +122,7 @@ class Page:
     ladder: Table
     title: str = TITLE
     baseline: Table | None = None  # this study's KL beside another study's, rung by rung
+    z_adds: Table | None = None  # each rung beside its decoder alone
     sources: str = "data/metrics, data/eval, data/history"
 
 
@@ -157,6 +167,31 @@ def results_table(results: pd.DataFrame) -> Table:
         "10%). Epochs: the kept (best-validation) epoch and the epochs trained, means over seeds. "
         "Verdict: collapsed or not only where the seeds' mean KL is more than two standard "
         "deviations from the threshold, else borderline; n/a for a rung without z."))
+
+
+def z_adds_table(results: pd.DataFrame) -> Table | None:
+    """Each rung with z beside its decoder alone (stages.zadds), in order of power."""
+    if "z_adds_iw_nats" not in results.columns:
+        return None
+    rows = []
+    for r in results[results["z_adds_iw_nats"].notna()].itertuples():
+        rows.append([f"`{r.rung}`", ROLE_LABEL[r.role], str(r.receptive_field), f"{100 * r.raster_share:.0f}%",
+                     r.twin if r.twin == "independent pixels" else f"`{r.twin}`",
+                     pm(r.nll_alone_nats, r.nll_alone_std), pm(r.nll_iw_nats, r.nll_iw_nats_std),
+                     pm(r.z_adds_iw_nats, r.z_adds_iw_std), pm(r.z_adds_elbo_nats, r.z_adds_elbo_std),
+                     pm(r.kl_nats, r.kl_nats_std), r.collapse, r.verdict])
+    return Table(["rung", "role", "receptive field (pixels)", "share of the raster past", "decoder alone",
+                  "NLL alone (nats)", "NLL_IW, VAE (nats)", "z adds, IW (nats)", "z adds, ELBO (nats)",
+                  "KL (nats)", "collapsed solution vs the VAE's ELBO", "verdict"], rows,
+                 "What z adds: NLL of the decoder alone minus the VAE's NLL, paired per test image "
+                 "and seed by seed, mean ± std over seed pairs; by IW (the VAE's NLL_IW) and by the "
+                 "ELBO (the VAE's -ELBO; negative where the collapsed solution, q = prior and the "
+                 "decoder alone, is the better ELBO). The decoder alone of an autoregressive rung is "
+                 "its no-z twin, scored exactly (E_q log p(x|z) does not depend on z); of a "
+                 "factorized rung, independent Bernoulli pixels at the training pixel means (no "
+                 "training needed). Share of the raster past: the (pixel, earlier pixel) pairs of the "
+                 "28x28 image a logit depends on; the receptive field counts the same on an "
+                 "unbounded image and orders the rungs.")
 
 
 def kind(family: str, uses_z: bool) -> str:
@@ -267,8 +302,9 @@ def ladder_table(data: ReportData, results: pd.DataFrame) -> Table:
                      ", ".join(f"{k}={v}" for k, v in options.items()), f"{r.n_params:,}"])
     return Table(["rung", "family", "role", "receptive field (pixels)", "options", "parameters"], rows,
                  "The decoder ladder (params.yaml `decoders`) in order of power: the causal "
-                 "receptive field, computed from the masks (0 for a factorized decoder), then the "
-                 "family (linear < mlp < conv < pixelcnn). Parameters include the encoder.")
+                 "receptive field on an unbounded image, computed from the stack geometry (0 for a "
+                 "factorized decoder), then the family (linear < mlp < conv < pixelcnn < "
+                 "gated_pixelcnn). Parameters include the encoder.")
 
 
 def build(data: ReportData, results: pd.DataFrame, found: list[claims.Claim], scale: tuple[bool, str],
@@ -296,6 +332,7 @@ def build(data: ReportData, results: pd.DataFrame, found: list[claims.Claim], sc
                 figures, comparison_table(data, results), note, setup_items(data, results, provenance),
                 ladder_table(data, results), f"{TITLE}: the {study} study" if study else TITLE,
                 baseline_table(results, found, data.baseline) if data.baseline is not None else None,
+                z_adds_table(results),
                 ", ".join(f"{data_dir}/{d}" for d in ("metrics", "eval", "history")))
 
 
@@ -322,6 +359,8 @@ def markdown(page: Page) -> str:
              "## What the numbers show", "\n".join(f"- {s}" for s in page.findings),
              f"![{head[1]}](figures/{head[0]}.png)\n\n*{head[2]}* ([SVG](figures/{head[0]}.svg))",
              "## Results", _md_table(page.results)]
+    if page.z_adds is not None:
+        parts += ["## What z adds, rung by rung", _md_table(page.z_adds)]
     if page.baseline is not None:
         parts += ["## Against the baseline", _md_table(page.baseline)]
     parts += ["## Figures"]
@@ -370,6 +409,7 @@ def html(page: Page, figure_dir: Path) -> str:
         + "".join(f"<li>{_inline(s)}</li>" for s in page.findings) + "</ul>",
         _html_figure(*head, figure_dir),
         "<h2>Results</h2>" + _html_table(page.results),
+        *(["<h2>What z adds, rung by rung</h2>" + _html_table(page.z_adds)] if page.z_adds else []),
         *(["<h2>Against the baseline</h2>" + _html_table(page.baseline)] if page.baseline else []),
         "<h2>Figures</h2>" + "".join(_html_figure(*f, figure_dir) for f in rest),
         "<h2>Beside the published numbers</h2>"

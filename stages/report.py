@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import claims, figures, page
+from stages import claims, figures, page, zadds
 from stages.errors import DataError
 from stages.fsutil import ensure_writable_dir, write_csv, write_json, write_text
 from stages.layout import Layout
@@ -49,7 +49,7 @@ IMAGE_KEYS = ("x", "recon", "recon_probs", "samples", "sample_probs")
 K_CURVE_COLUMNS = ("k", "nll_iw_nats", "nll_iw_stderr_nats")
 LATENT_COLUMNS = ("dim", "kl_nats", "posterior_mean_variance", "active")
 HISTORY_COLUMNS = ("epoch", "images_seen", "valid_elbo_nats", "valid_kl_nats", "valid_rec_nats")
-PER_IMAGE_COLUMNS = ("test_index", "log_px_iw_nats", "elbo_nats")
+PER_IMAGE_COLUMNS = ("test_index", "log_px_iw_nats", "elbo_nats", "log_px_given_z_nats", "log_px_independent_nats")
 PUBLISHED_COLUMNS = ("paper", "year", "binarization", "model", "ladder_rung", "nll_nats",
                      "nll_is_bound", "kl_nats", "importance_samples", "where")
 PAPER_TRAIN, PAPER_K, PAPER_TEST, PAPER_EPOCHS = 50000, 5000, 10000, 100
@@ -190,11 +190,16 @@ def role(rung: Rung, uses_z: bool) -> str:
     return claims.TREND
 
 
-def power_of(rung: Rung, latent_dim: int) -> tuple[int, int]:
+def power_of(rung: Rung, latent_dim: int) -> tuple[int, int, float]:
     """The decoder-power measure, from the architecture alone: (causal receptive field in
-    pixels, the family's rank among factorized decoders: linear < mlp < conv < pixelcnn)."""
+    pixels on an unbounded image, the family's rank: linear < mlp < conv < pixelcnn <
+    gated_pixelcnn, and the share of the 28x28 raster past seen, 0 for a factorized decoder).
+
+    The count orders the rungs: it grows with every layer, where the share saturates at 1 once
+    every pixel sees its whole past."""
     decoder = build_decoder(rung.family, rung.decoder, latent_dim)
-    return decoder.receptive_field, type(decoder).power_rank
+    share = float(getattr(decoder, "raster_share", 0.0))
+    return decoder.receptive_field, type(decoder).power_rank, share
 
 
 def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
@@ -205,9 +210,10 @@ def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
         runs = [data.runs[(r, s)] for s in data.params.seeds]
         m = pd.DataFrame([run.metrics for run in runs])
         uses_z = bool(runs[0].info["uses_z"])
-        rf, family_rank = power_of(rung, data.params.encoder.latent_dim)
+        rf, family_rank, share = power_of(rung, data.params.encoder.latent_dim)
         row: dict[str, Any] = {"rung": r, "family": rung.family, "role": role(rung, uses_z),
-                               "receptive_field": rf, "family_rank": family_rank, "uses_z": uses_z,
+                               "receptive_field": rf, "raster_share": share, "family_rank": family_rank,
+                               "uses_z": uses_z,
                                "n_seeds": len(runs), "seeds": ";".join(str(s) for s in data.params.seeds)}
         for key in METRICS:
             row[key] = float(m[key].mean())
@@ -227,39 +233,6 @@ def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
     key = list(zip(table["receptive_field"], table["family_rank"]))
     table.insert(3, "power", [sorted(set(key)).index(k) for k in key])  # dense rank of the measure
     return table.reset_index(drop=True)
-
-
-def comparators(results: pd.DataFrame) -> tuple[str | None, str | None]:
-    """(the strongest VAE, the decoder alone): the most powerful trend rung, preferring the
-    decoder alone's family, and the most powerful rung without z."""
-    base = results[results["role"] == claims.NO_Z]
-    if base.empty:
-        return None, None
-    b = base.iloc[-1]
-    trend = results[results["role"] == claims.TREND]
-    same = trend[trend["family"] == b["family"]]
-    pick = same if len(same) else trend
-    return (pick.iloc[-1]["rung"] if len(pick) else None), b["rung"]
-
-
-def paired_differences(data: ReportData, vae: str | None, baseline: str | None) -> pd.DataFrame | None:
-    """Per seed: mean and standard error over test images of log p_VAE(x) - log p_alone(x),
-    by IW and by the ELBO, on the images both evaluated (the same seeded test subset)."""
-    if vae is None or baseline is None:
-        return None
-    rows = []
-    for s in data.params.seeds:
-        a, b = data.runs[(vae, s)].per_image, data.runs[(baseline, s)].per_image
-        if not np.array_equal(a["test_index"].to_numpy(), b["test_index"].to_numpy()):
-            raise DataError(f"report: `{vae}` and `{baseline}` (seed {s}) were evaluated on different "
-                            f"test images; rerun their evaluate stages (`dvc repro`)")
-        row: dict[str, Any] = {"seed": s, "n_images": len(a)}
-        for key, column in (("iw", "log_px_iw_nats"), ("elbo", "elbo_nats")):
-            d = (a[column] - b[column]).to_numpy(float)  # (N,) per image
-            se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan
-            row[f"{key}_diff_nats"], row[f"{key}_diff_se_nats"] = float(d.mean()), se
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def training_runs(data: ReportData) -> pd.DataFrame:
@@ -304,18 +277,17 @@ def k_curve_table(data: ReportData) -> pd.DataFrame:
 
 
 def study_claims(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
-                 k_curves: pd.DataFrame, threshold: float) -> list[claims.Claim]:
+                 k_curves: pd.DataFrame, threshold: float, z_adds: pd.DataFrame) -> list[claims.Claim]:
     per_seed = pd.DataFrame([{"rung": r, "seed": s, "kl_nats": run.metrics["kl_nats"]}
                              for (r, s), run in data.runs.items()])
-    vae, baseline = comparators(results)
     t = data.params.train
     versus = (claims.versus_baseline(results, data.baseline, threshold,
                                      baseline_label(data.baseline_path, data.baseline))
               if data.baseline is not None else None)
-    return claims.all_claims(results, per_seed, paired_differences(data, vae, baseline),
-                             history, k_curves, threshold, vae, baseline,
+    z_claims = (zadds.collapse_optimum(z_adds, results, threshold), zadds.what_z_adds(z_adds, results))
+    return claims.all_claims(results, per_seed, history, k_curves, threshold,
                              claims.convergence(training_runs(data), results, t.patience,
-                                                t.min_delta_nats, t.epochs), versus)
+                                                t.min_delta_nats, t.epochs), versus, z_claims)
 
 
 def paper_scale(data: ReportData, results: pd.DataFrame) -> tuple[bool, str]:
@@ -357,7 +329,7 @@ def dvc_version() -> str:
 
 
 def build_figures(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
-                  k_curves: pd.DataFrame, threshold: float) -> dict[str, Any]:
+                  k_curves: pd.DataFrame, threshold: float, z_adds: pd.DataFrame) -> dict[str, Any]:
     """Every figure, in memory, keyed by file name; rungs in order of decoder power."""
     names, seed0 = list(results["rung"]), data.params.seeds[0]
     kl_sorted = np.array([np.mean([np.sort(data.runs[(r, s)].latent["kl_nats"].to_numpy())[::-1]
@@ -366,6 +338,7 @@ def build_figures(data: ReportData, results: pd.DataFrame, history: pd.DataFrame
     side = set(results.loc[results["role"] != claims.TREND, "rung"])
     return {
         "headline": figures.headline(results, threshold),
+        **({"kl_vs_z_adds": figures.kl_vs_z_adds(results, threshold)} if not z_adds.empty else {}),
         "kl_training": figures.kl_training(history, names, side, threshold),
         "rate_distortion": figures.rate_distortion(results),
         "k_convergence": figures.k_convergence(k_curves, names, side),
@@ -388,9 +361,12 @@ def run(params: StudyParams, layout: Layout, compare_with: Path | None = None) -
     out = ensure_writable_dir(layout.reports)
     figure_dir = ensure_writable_dir(out / "figures")
     results = summarize(data, threshold)
+    z_adds = zadds.z_adds_table(data, results)  # each rung with z against its decoder alone
+    if not z_adds.empty:
+        results = results.merge(z_adds, on="rung", how="left")
     history, k_curves = history_table(data), k_curve_table(data)  # shared by claims and figures
-    found = study_claims(data, results, history, k_curves, threshold)
-    figs = build_figures(data, results, history, k_curves, threshold)
+    found = study_claims(data, results, history, k_curves, threshold, z_adds)
+    figs = build_figures(data, results, history, k_curves, threshold, z_adds)
     scale = paper_scale(data, results)
     provenance = {"git": git_revision(layout.root), "dvc": dvc_version()}
     for name, fig in figs.items():

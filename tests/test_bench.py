@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from helpers import TINY_PARAMS, tiny_params
 
-from stages import bench
+from stages import bench, peer
 from stages.layout import Layout
+from stages.runtime import resolve_precision
 
 
 def test_bench_gives_every_rate_as_a_ratio_to_the_peak_of_the_same_run(tmp_path, capsys):
@@ -46,3 +48,43 @@ def test_bench_gives_every_rate_as_a_ratio_to_the_peak_of_the_same_run(tmp_path,
     assert result["peak_rss_mib_after_evaluate"] >= result["peak_rss_mib_after_train"] > 0
     assert "mlp_full_eval" not in result  # --quick
     assert "step of pixelcnn_2" in capsys.readouterr().out
+
+
+PEER_DECODER = '''
+import torch
+from torch import nn
+
+
+class PixelCNNDecoder(nn.Module):
+    """The peer's interface (args in, reconstruct_error(x, z) -> (B, K) nats out), tiny inside."""
+
+    def __init__(self, args):
+        super().__init__()
+        self.z = nn.Linear(args.nz, 28 * 28)
+        self.conv = nn.Conv2d(1, 1, 3, padding=1)
+
+    def reconstruct_error(self, x, z):
+        logits = self.conv(x) + self.z(z[:, 0]).view(-1, 1, 28, 28)
+        return nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)[:, None]
+'''
+
+
+def test_peer_comparison_times_both_decoders_round_robin_and_skips_without_the_peer(tmp_path, capsys):
+    cpu, fp32 = (resolve_precision(p, torch.device("cpu")) for p in ("auto", "fp32"))
+    assert peer.compare(None, 4, 8, cpu, fp32) == {"skipped": "no --peer-dir given"}
+    missing = peer.compare(tmp_path, 4, 8, cpu, fp32)
+    assert "no modules/decoders/dec_pixelcnn.py under" in missing["skipped"]
+    assert "peer comparison skipped" in capsys.readouterr().out
+
+    (tmp_path / "modules" / "decoders").mkdir(parents=True)
+    for init in ("modules/__init__.py", "modules/decoders/__init__.py"):
+        (tmp_path / init).write_text("")
+    (tmp_path / "modules" / "decoders" / "dec_pixelcnn.py").write_text(PEER_DECODER)
+    result = peer.compare(tmp_path, 4, 8, cpu, fp32)
+    rates = result["images_per_s"]
+    assert set(rates) == {f"ours, {cpu.name}", "ours, fp32", "peer, fp32 (as shipped)", "peer, bf16 autocast"}
+    assert all(r > 0 for r in rates.values())
+    assert result["ours_over_peer_as_shipped"] == pytest.approx(rates[f"ours, {cpu.name}"]
+                                                                / rates["peer, fp32 (as shipped)"])
+    assert result["ours_over_peer_same_precision"] == pytest.approx(rates[f"ours, {cpu.name}"]
+                                                                    / rates["peer, bf16 autocast"])

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from stages import claims, report
+from stages import claims, report, zadds
 from stages.params import parse_rung
 from stages.schema import Errors
 
@@ -98,7 +98,6 @@ def test_an_appended_mitigated_rung_is_never_the_top_the_comparator_or_a_trend_p
     assert top.numbers["share_gone"] == pytest.approx(1 - 0.5 / 27.5)
     trend = claims.power_trend(results, seeds)
     assert trend.numbers["n_rungs"] == 4 and "`r4`" not in trend.text
-    assert report.comparators(results) == ("r3", "r5")
     verdicts = claims.verdicts(results, 1.0)
     assert "`r5` has no z: n/a" in verdicts.text
 
@@ -217,18 +216,54 @@ def test_versus_baseline_skips_rungs_without_z_and_rungs_only_one_side_has():
     assert [row["rung"] for row in c.numbers["rows"]] == ["r0", "r1"]
 
 
-@pytest.mark.parametrize("diffs, se, word", [
-    ([0.1, -0.2, 0.05], 0.1, "indistinguishable from"),   # within seed noise
-    ([3.0, 3.2, 2.9], 0.1, "higher than"),
-    ([-3.0, -3.2, -2.9], 0.1, "lower than"),
-    ([3.0, 3.2, 2.9], 2.0, "indistinguishable from"),     # within the per-image s.e.
+@pytest.mark.parametrize("gap, std, se, word", [
+    (0.1, 0.2, 0.05, zadds.TIE),      # within two seed std
+    (3.0, 0.2, 0.05, zadds.WORSE),    # the VAE's ELBO is above the decoder alone's log p(x)
+    (-1.5, 0.2, 0.05, zadds.BETTER),  # ignoring z is the better ELBO
+    (-1.5, 0.2, 1.0, zadds.TIE),      # within two per-image standard errors
+    (-1.5, NAN, 0.05, zadds.BETTER),  # one seed: the per-image s.e. alone
 ])
-def test_the_decoder_alone_comparison_needs_the_difference_beyond_its_noise(diffs, se, word):
-    paired = pd.DataFrame({"seed": range(3), "n_images": 500, "iw_diff_nats": diffs,
-                           "iw_diff_se_nats": se, "elbo_diff_nats": diffs, "elbo_diff_se_nats": se})
-    c = claims.decoder_alone(paired, "vae", "alone")
-    assert c.numbers["iw_verdict"] == word and c.numbers["elbo_verdict"] == word
-    assert f"importance-weighted log p(x) it is {word}" in c.text and "500 test images" in c.text
+def test_collapse_is_the_better_elbo_only_beyond_seed_and_image_noise(gap, std, se, word):
+    assert zadds.collapse_word(gap, std, se) == word
+
+
+def z_table(results: pd.DataFrame, elbo_gaps: list[float], std: float = 0.1) -> pd.DataFrame:
+    """z_adds rows for every trend rung of `results`: twin t<i> of every rung, gap as given."""
+    rows = []
+    for r, gap in zip(claims.trend_rungs(results).itertuples(), elbo_gaps):
+        rows.append({"rung": r.rung, "twin": f"t{r.rung}", "n_seed_pairs": 3, "n_images": 500,
+                     "nll_alone_nats": 90.0, "nll_alone_std": 0.1, "nll_alone_se": 0.0,
+                     "z_adds_iw_nats": gap + 1.0, "z_adds_iw_std": std, "z_adds_iw_se": 0.05,
+                     "z_adds_elbo_nats": gap, "z_adds_elbo_std": std, "z_adds_elbo_se": 0.05,
+                     "collapse": zadds.collapse_word(gap, std, 0.05)})
+    return pd.DataFrame(rows)
+
+
+def test_the_collapse_optimum_names_the_first_rung_and_any_stronger_exception():
+    results = table([20.0, 25.0, 9.0, 3.0, 2.0, 1.8], std=[0.2] * 6)
+    everywhere = claims_of_z(results, [30.0, 40.0, 5.0, -0.8, -1.2, -2.0])
+    assert everywhere.numbers["first_rung"] == "r3" and everywhere.numbers["exceptions_above"] == []
+    assert "optimum at `r3`" in everywhere.text and "and so at every stronger rung" in everywhere.text
+    assert "`r3` 3.00 ± 0.20 nats (above it: the trained VAE does not reach" in everywhere.text
+    gap = claims_of_z(results, [30.0, 40.0, 5.0, -0.8, 0.05, -2.0])  # r4: within noise
+    assert gap.numbers["exceptions_above"] == ["r4"] and "but not at the stronger `r4`" in gap.text
+    nowhere = claims_of_z(results, [30.0, 40.0, 5.0, 2.0, 1.0, 0.5])
+    assert nowhere.numbers["first_rung"] is None
+    assert "At no rung of the power axis is the collapsed solution the better ELBO" in nowhere.text
+    collapsed = claims_of_z(table([20.0, 25.0, 9.0, 0.2], std=[0.2, 0.2, 0.2, 0.1]), [3.0, 3.0, 1.0, -1.0])
+    assert "`r3` 0.20 ± 0.10 nats (collapsed)" in collapsed.text
+
+
+def claims_of_z(results: pd.DataFrame, gaps: list[float]) -> claims.Claim:
+    return zadds.collapse_optimum(z_table(results, gaps), results, 1.0)
+
+
+def test_what_z_adds_lists_every_trend_rung_with_its_decoder_alone_and_side_rungs_never():
+    results = table([20.0, 25.0, 9.0, 0.5, 2.0], roles=[claims.TREND] * 3 + [claims.COMPARISON, claims.TREND])
+    c = zadds.what_z_adds(z_table(results, [30.0, 40.0, 5.0, -1.0]), results)
+    assert [r["rung"] for r in c.numbers["rows"]] == ["r0", "r1", "r2", "r4"]
+    assert "`r4` 0.00 ± 0.10 by IW, -1.00 ± 0.10 by the ELBO (alone: `tr4`; collapse is the better ELBO)" in c.text
+    assert c.numbers["spearman_rho_kl_z_adds"] == pytest.approx(1.0)  # 31, 41, 6, 0 against 20, 25, 9, 2
 
 
 def test_k_convergence_names_the_rungs_where_the_estimate_rises():

@@ -24,7 +24,7 @@ from stages.live import EpochLog, read_history
 from stages.params import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURES = ("headline", "kl_training", "rate_distortion", "k_convergence", "reconstructions",
+FIGURES = ("headline", "kl_vs_z_adds", "kl_training", "rate_distortion", "k_convergence", "reconstructions",
            "samples", "latent_kl")
 LATENT_DIM, N_SHOW, K, N_TEST = 8, 6, 100, 500
 
@@ -47,6 +47,7 @@ LADDER = {
                         dict(zip(NUMBERS, (0.02, 88.0, 88.0, 0.9, 0.0, 0, 0.10, False)))),
 }
 POWER_ORDER = ["mlp", "conv", "pixelcnn_3x3", "pixelcnn_3x3_bias", "pixelcnn_2", "pixelcnn_uncond"]
+INDEPENDENT_NLL = 206.0  # -log p(x) of independent pixels at the training means, every rung's images
 TEST_INDEX = np.sort(np.random.default_rng(7).choice(10000, N_TEST, replace=False))
 
 
@@ -103,7 +104,9 @@ def write_run(layout: Layout, rung: str, seed: int, v: dict, family: str) -> Non
     noise = np.random.default_rng(seed + 100 * len(rung)).normal(0, 0.5, N_TEST)
     centred = difficulty - difficulty.mean() + noise - noise.mean()  # per-image means stay exact
     pd.DataFrame({"test_index": TEST_INDEX, "log_px_iw_nats": -v["nll"] + centred,
-                  "elbo_nats": -elbo + centred}).to_csv(layout.per_image(rung, seed), index=False)
+                  "elbo_nats": -elbo + centred, "log_px_given_z_nats": -v["rec"] + centred,
+                  "log_px_independent_nats": -INDEPENDENT_NLL + difficulty - difficulty.mean()}
+                 ).to_csv(layout.per_image(rung, seed), index=False)
     ks = [1, 10, 100]
     pd.DataFrame({"k": ks, "nll_iw_nats": [elbo, (elbo + v["nll"]) / 2 + 0.1 * (elbo - v["nll"]), v["nll"]],
                   "nll_iw_stderr_nats": [v["se"] * 1.05, v["se"] * 1.02, v["se"]]}
@@ -218,8 +221,9 @@ def claims_of(layout) -> dict:
 def test_the_report_renders_every_claim_with_its_numbers(rendered):
     _, layout, _ = rendered
     found = claims_of(layout)
-    assert {"power_trend", "kl_gone_at_top", "verdicts", "pathway_pixelcnn_3x3_bias", "training_order",
-            "decoder_alone", "probe", "mutual_information", "bound_gap", "k_convergence"} <= set(found)
+    assert {"collapse_optimum", "what_z_adds", "power_trend", "kl_gone_at_top", "verdicts",
+            "pathway_pixelcnn_3x3_bias", "training_order", "probe", "mutual_information", "bound_gap",
+            "k_convergence"} <= set(found)
     trend = found["power_trend"]
     # KL along power (mlp, conv, 3x3, 2-layer) = 22, 25, 9, 0.1: rho = -0.8, not monotone
     assert trend["numbers"]["spearman_rho"] == pytest.approx(-0.8)
@@ -227,9 +231,16 @@ def test_the_report_renders_every_claim_with_its_numbers(rendered):
     assert found["kl_gone_at_top"]["numbers"]["top_rung"] == "pixelcnn_2"
     assert found["kl_gone_at_top"]["numbers"]["share_gone"] == pytest.approx(1 - 0.1 / 23.5)
     assert "(`pixelcnn_3x3`) keeps 9.00 nats" in found["pathway_pixelcnn_3x3_bias"]["text"]
-    alone = found["decoder_alone"]["numbers"]
-    assert alone["vae_rung"] == "pixelcnn_2" and alone["baseline_rung"] == "pixelcnn_uncond"
-    assert alone["iw_diff_nats"] == pytest.approx(-0.3, abs=1e-6)  # paired: -88.3 - (-88.0)
+    rows = {r["rung"]: r for r in found["what_z_adds"]["numbers"]["rows"]}
+    assert rows["pixelcnn_2"]["twin"] == "pixelcnn_uncond"  # the same architecture without z
+    assert rows["pixelcnn_2"]["z_adds_iw_nats"] == pytest.approx(-0.3, abs=1e-6)  # paired: -88.3 - (-88.0)
+    assert rows["pixelcnn_2"]["z_adds_elbo_nats"] == pytest.approx(-0.5, abs=1e-6)  # -(88.4 + 0.1) + 88.0
+    assert rows["mlp"]["twin"] == "independent pixels"  # factorized: no trained twin
+    assert rows["mlp"]["z_adds_iw_nats"] == pytest.approx(INDEPENDENT_NLL - 89.5, abs=1e-6)
+    assert "pixelcnn_3x3" not in rows  # it has no twin in this ladder
+    optimum = found["collapse_optimum"]["numbers"]
+    assert optimum["first_rung"] == "pixelcnn_2" and optimum["rungs"] == ["pixelcnn_2"]
+    assert "Collapse becomes the ELBO's optimum at `pixelcnn_2`" in found["collapse_optimum"]["text"]
     assert found["mutual_information"]["numbers"]["lower_bounds"] == []
     md = (layout.reports / "report.md").read_text()
     for name, claim in found.items():
