@@ -336,7 +336,10 @@ def test_the_long_profile_is_the_default_ladder_trained_to_convergence():
     assert long.decoders == default.decoders  # the same ladder: only the schedule differs
     assert (long.binarize, long.encoder) == (default.binarize, default.encoder)
     assert long.train.patience is not None and long.train.patience < long.train.epochs
-    assert len(long.seeds) >= 2 and long.evaluate.k >= 1000 and long.evaluate.n_test >= 2000
+    # scored at least as precisely as the default study (K and test images traded against its
+    # 150-minute budget: the README says what they cost)
+    assert len(long.seeds) >= 2 and long.evaluate.k >= default.evaluate.k
+    assert long.evaluate.n_test >= default.evaluate.n_test
 
 
 def test_a_named_study_reproduces_into_its_own_folders_leaving_the_default_untouched(study):
@@ -348,6 +351,10 @@ def test_a_named_study_reproduces_into_its_own_folders_leaving_the_default_untou
     (study / "profiles/tiny/params.yaml").write_text(yaml.safe_dump(long, sort_keys=False))
     sh(study, "vae-study", "study-pipeline", "tiny")
     before = {p: (study / p).read_bytes() for p in ("dvc.lock", "reports/results.csv", "reports/report.md")}
+    # Before the named study has run, the default pipeline reads clean (the README's check) while
+    # plain `dvc status`, which covers every pipeline of the project, lists the named study's stages.
+    assert json.loads(dvc(study, "status", "dvc.yaml", "--json").stdout or "{}") == {}
+    assert any(s.startswith("profiles/tiny/dvc.yaml:") for s in stage_status(study))
 
     out = dvc(study, "repro", "profiles/tiny/dvc.yaml").stdout
     ran = set(ran_stages(out))
