@@ -9,7 +9,8 @@ import math
 import pandas as pd
 import pytest
 
-from stages import claims, report, zadds
+from stages import report
+from stages.report import claims, zadds
 from stages.params import parse_rung
 from stages.schema import Errors
 

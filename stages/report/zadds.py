@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import claims
-from stages.claims import Claim, pm
+from stages.report import claims
+from stages.report.claims import Claim, pm
 from stages.errors import DataError
 from stages.schema import to_plain
 
