@@ -9,7 +9,8 @@ import math
 import pandas as pd
 import pytest
 
-from stages import claims, report, zadds
+from stages import report
+from stages.report import claims, zadds
 from stages.params import parse_rung
 from stages.schema import Errors
 
@@ -249,7 +250,11 @@ def test_the_collapse_optimum_names_the_first_rung_and_any_stronger_exception():
     assert gap.numbers["exceptions_above"] == ["r4"] and "but not at the stronger `r4`" in gap.text
     nowhere = claims_of_z(results, [30.0, 40.0, 5.0, 2.0, 1.0, 0.5])
     assert nowhere.numbers["first_rung"] is None
-    assert "At no rung of the power axis is the collapsed solution the better ELBO" in nowhere.text
+    assert "Collapse is not the ELBO's optimum beyond noise at any rung" in nowhere.text
+    assert "the VAE's ELBO beats the decoder alone's log-likelihood beyond noise at `r0`, `r1`, `r2`" in nowhere.text
+    tied = claims_of_z(results, [30.0, 40.0, 5.0, 2.0, 1.0, 0.1])
+    assert tied.numbers["within_noise"] == ["r5"] and "within noise of each other at `r5`" in tied.text
+    assert "not collapsed by the 2-std rule" in tied.text
     collapsed = claims_of_z(table([20.0, 25.0, 9.0, 0.2], std=[0.2, 0.2, 0.2, 0.1]), [3.0, 3.0, 1.0, -1.0])
     assert "`r3` 0.20 ± 0.10 nats (collapsed)" in collapsed.text
 

@@ -459,7 +459,7 @@ def test_a_baseline_that_is_not_a_results_table_is_refused_before_anything_is_wr
 def test_the_training_figure_averages_only_where_every_seed_still_trains():
     """Seed 1 stopped after epoch 2: the mean line ends there and seed 0 goes on alone, so no
     mean ever jumps to a single seed's value."""
-    from stages import figures
+    from stages.report import figures
 
     rows = [{"rung": "a", "seed": s, "images_seen": 100 * e, "valid_kl_nats": kl,
              "valid_elbo_nats": -100.0 + e}

@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages import claims
-from stages.claims import Claim, pm
+from stages.report import claims
+from stages.report.claims import Claim, pm
 from stages.errors import DataError
 from stages.schema import to_plain
 
@@ -145,15 +145,19 @@ def collapse_optimum(z_adds: pd.DataFrame, results: pd.DataFrame, threshold: flo
 
     if better.empty:
         top = t.iloc[-1]
-        ties = t[t["collapse"] == TIE]
-        text = (f"At no rung of the power axis is the collapsed solution the better ELBO beyond noise: "
-                f"the decoder alone never catches up with the VAE's ELBO"
-                + (f" (within noise at {claims._names(ties['rung'])})" if len(ties) else "")
-                + f". At the strongest rung `{top.rung}` ({power_words(top)}) z adds "
+        worse, ties = t[t["collapse"] == WORSE], t[t["collapse"] == TIE]
+        parts = ([f"the VAE's ELBO beats the decoder alone's log-likelihood beyond noise at "
+                  f"{claims._names(worse['rung'])}"] if len(worse) else []) + \
+                ([f"the two are within noise of each other at {claims._names(ties['rung'])}"] if len(ties) else [])
+        text = (f"Collapse is not the ELBO's optimum beyond noise at any rung of the power axis: "
+                + "; ".join(parts) + f". At the strongest rung `{top.rung}` ({power_words(top)}) z adds "
                 f"{pm(top.z_adds_iw_nats, top.z_adds_iw_std)} nats by IW and "
-                f"{pm(top.z_adds_elbo_nats, top.z_adds_elbo_std)} by the ELBO, and the VAE keeps "
-                f"{pm(top.kl_nats, top.kl_nats_std)} nats of KL ({top.verdict}).")
-        return Claim("collapse_optimum", text, {"first_rung": None, "rungs": [], "top_rung": top.rung})
+                f"{pm(top.z_adds_elbo_nats, top.z_adds_elbo_std)} by the ELBO (mean ± std over "
+                f"{int(top.n_seed_pairs)} seed pair{'s' if top.n_seed_pairs != 1 else ''}), and the VAE "
+                f"keeps {pm(top.kl_nats, top.kl_nats_std)} nats of KL ({top.verdict} by the 2-std rule "
+                f"against the collapse threshold of {threshold:g} nats).")
+        return Claim("collapse_optimum", text, {"first_rung": None, "rungs": [], "top_rung": top.rung,
+                                                "within_noise": list(ties["rung"])})
     first = better.iloc[0]
     above = t[t["power"] > first.power]
     exceptions = above[above["collapse"] != BETTER]

@@ -14,15 +14,11 @@ import html as html_lib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
-from stages import claims
-
-if TYPE_CHECKING:
-    from stages.layout import Layout
-    from stages.report import ReportData
+from stages.layout import Layout
+from stages.report import claims
+from stages.report.collect import ReportData
 
 NUMBER = re.compile(r"^[-+\d.,±% ]*$")  # a table cell holding a number
 TITLE = "Posterior collapse in VAEs on binarized MNIST"
@@ -170,7 +166,7 @@ def results_table(results: pd.DataFrame) -> Table:
 
 
 def z_adds_table(results: pd.DataFrame) -> Table | None:
-    """Each rung with z beside its decoder alone (stages.zadds), in order of power."""
+    """Each rung with z beside its decoder alone (stages.report.zadds), in order of power."""
     if "z_adds_iw_nats" not in results.columns:
         return None
     rows = []

@@ -4,7 +4,7 @@
   axis, with each rung's decoder alone (its no-z twin, or independent pixels) beside it: the
   -log p(x) a collapsed VAE of that rung reaches;
 - `kl_vs_z_adds`: KL against what z adds (NLL of the decoder alone minus NLL of the VAE), one
-  point per rung (`stages.zadds`);
+  point per rung (`stages.report.zadds`);
 - `kl_training`: validation KL and ELBO against training images seen;
 - `rate_distortion`: rate R = KL against distortion D = -E_q log p(x|z), with isolines of
   constant -ELBO = R + D (Alemi et al. 2018, Fig. 1);

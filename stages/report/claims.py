@@ -5,13 +5,13 @@ information a VAE keeps in z (KL[q(z|x) || p(z)], nats) falls as the power of th
 autoregressive part (its causal receptive field) grows. Every claim here is a statistic over
 the rungs ordered by that power measure, with its spread over seeds, computed from:
 
-- `results`: one row per rung (stages.report.summarize): rung, role, power, receptive_field,
+- `results`: one row per rung (stages.report.tables.summarize): rung, role, power, receptive_field,
   n_seeds, and per metric its mean and `<metric>_std` over seeds;
 - `per_seed`: rung, seed, kl_nats (one row per run), for statistics computed seed by seed;
 - `history`: rung, seed, epoch, images_seen, valid_kl_nats, valid_elbo_nats (training);
 - `k_curves`: rung, k, nll_iw_nats (mean over seeds).
 
-Roles (stages.report.role): `trend` rungs are the points of the power axis; `comparison` (z as a
+Roles (stages.report.tables.role): `trend` rungs are the points of the power axis; `comparison` (z as a
 per-channel bias), `mitigated` (KL warm-up, free bits) and `no z` (the decoder alone) rungs are
 shown but are never a point of the trend, the strongest rung, or the comparator of the baseline.
 
@@ -478,7 +478,7 @@ def all_claims(results: pd.DataFrame, per_seed: pd.DataFrame, history: pd.DataFr
                versus: Claim | None = None,
                z_claims: tuple[Claim | None, Claim | None] = (None, None)) -> list[Claim]:
     """Every claim the numbers support, in reading order. `z_claims`: where collapse becomes
-    the ELBO's optimum (the headline, first) and what z adds rung by rung (stages.zadds)."""
+    the ELBO's optimum (the headline, first) and what z adds rung by rung (stages.report.zadds)."""
     order = list(results.sort_values("power")["rung"])
     optimum, adds = z_claims
     claims = [optimum, power_trend(results, per_seed), kl_gone_at_top(results, per_seed),
