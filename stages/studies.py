@@ -56,14 +56,18 @@ def pipeline(default: dict[str, Any], study: str) -> dict[str, Any]:
             continue
         s: dict[str, Any] = {"wdir": "../.."}
         for key, value in stage.items():
-            if key == "cmd":
-                value = f"{value} --params {params_file} --study {study}"
+            if key == "cmd":  # one command line or a list of them, each run with the study's files
+                commands = [f"{c} --params {params_file} --study {study}"
+                            for c in (value if isinstance(value, list) else [value])]
                 if name == "report":
-                    value += f" --compare-with {BASELINE}"
+                    commands[-1] += f" --compare-with {BASELINE}"
+                value = commands if isinstance(value, list) else commands[0]
             elif key == "params":
                 value = [{params_file: value}]
             elif key in ("deps", "outs", "metrics", "plots"):
                 value = _paths(value, study)
+                if key == "deps":  # the params file as a whole (the validate stage's input)
+                    value = [params_file if v == "params.yaml" else v for v in value]
                 if key == "deps" and name == "report":
                     value = [*value, BASELINE]
             s[key] = value
