@@ -20,6 +20,7 @@ import yaml
 from stages.errors import ParamsError
 from stages.fsutil import write_text
 from stages.layout import Layout
+from stages.paramsfile import read_yaml
 
 BASELINE = "reports/results.csv"  # the default study's results table, which a study compares with
 HEADER = """\
@@ -78,13 +79,18 @@ def pipeline(default: dict[str, Any], study: str) -> dict[str, Any]:
 
 
 def write_pipeline(root: Path, study: str) -> Path:
-    """Write profiles/<study>/dvc.yaml from root/dvc.yaml (atomically)."""
+    """Write profiles/<study>/dvc.yaml from root/dvc.yaml (atomically), once the study's params
+    file passes validation: a pipeline DVC cannot expand (a YAML error, no `decoders`) would
+    break `dvc status` and `dvc repro` of the whole project, the default study's included."""
+    from stages.params import load_params
+
     Layout(root, study)  # refuses a bad study name before any path is built from it
     params = root / "profiles" / study / "params.yaml"
     if not params.exists():
         raise ParamsError(f"{params}: not found; a named study needs its params file first "
                           "(start from a copy of params.yaml)")
-    default = yaml.safe_load((root / "dvc.yaml").read_text())
+    load_params(params)  # every problem named, nothing written
+    default = read_yaml(root / "dvc.yaml")
     target = params.with_name("dvc.yaml")
     body = yaml.safe_dump(pipeline(default, study), sort_keys=False, width=1000)
     write_text(target, HEADER.format(name=study) + body)

@@ -208,3 +208,27 @@ def test_a_valid_edit_reruns_the_validation_and_nothing_else_through_it(study):
     write_params(study, raw)
     assert stage_status(study) == {"validate", "report"}
     assert ran_stages(dvc(study, "repro").stdout) == ["validate", "report"]
+
+
+# --- 4. a named study's pipeline from a refused profile ------------------------------------
+
+@pytest.mark.parametrize("text, expected", [
+    ("decoders: [unclosed\n", "not valid YAML at line 2"),
+    (yaml.safe_dump({k: v for k, v in TINY_PARAMS.items() if k != "decoders"}), "decoders: must be"),
+    (yaml.safe_dump(TINY_PARAMS) + "seeds: [1]\n", 'duplicate key "seeds"'),
+    (yaml.safe_dump({**TINY_PARAMS, "seeds": 0}), "seeds: got 0"),
+])
+def test_study_pipeline_writes_nothing_from_a_profile_it_refuses(tmp_path, text, expected):
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    profile = tmp_path / "profiles/broken"
+    profile.mkdir(parents=True)
+    (profile / "params.yaml").write_text(text)
+    proc = sh(tmp_path, "vae-study", "study-pipeline", "broken", "--root", str(tmp_path), check=False)
+    assert proc.returncode == 1 and expected in proc.stderr, proc.stderr
+    assert str(profile / "params.yaml") in proc.stderr and "Traceback" not in proc.stderr
+    assert not (profile / "dvc.yaml").exists()
+
+    (profile / "dvc.yaml").write_text("# an earlier pipeline\n")
+    proc = sh(tmp_path, "vae-study", "study-pipeline", "broken", "--root", str(tmp_path), check=False)
+    assert proc.returncode == 1
+    assert (profile / "dvc.yaml").read_text() == "# an earlier pipeline\n"
