@@ -27,6 +27,20 @@ PROGRESS = typer.Option(True, "--progress/--no-progress",
                         help="progress bars (shown only when stderr is a terminal)")
 
 
+def study_params(params: Path, seed: int):
+    """The validated params, refusing a seed outside `seeds`: its files would be outputs of no
+    DVC stage (untracked, never in the report)."""
+    from stages.errors import ParamsError
+    from stages.params import load_params
+
+    p = load_params(params)
+    if seed not in p.seeds:
+        have = ", ".join(map(str, p.seeds))
+        raise ParamsError(f"--seed {seed} is not in `seeds` of {params} ({have}): add it there "
+                          "first, so that DVC tracks the run and the report reads it")
+    return p
+
+
 @app.command()
 def validate(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY,
              stamp: bool = typer.Option(False, "--stamp", help="then write data/[<study>/]params.valid "
@@ -94,10 +108,9 @@ def train(decoder: str = typer.Argument(..., help="a key of `decoders` in params
           progress: bool = PROGRESS) -> None:
     """Train one rung of the decoder ladder (resumes an interrupted run)."""
     from stages.layout import Layout
-    from stages.params import load_params
     from stages.train import run
 
-    run(load_params(params), decoder, seed, Layout(root, study), progress=progress)
+    run(study_params(params, seed), decoder, seed, Layout(root, study), progress=progress)
 
 
 @app.command()
@@ -108,9 +121,8 @@ def evaluate(decoder: str = typer.Argument(..., help="a key of `decoders` in par
     """IW log-likelihood and collapse metrics of one trained rung on the test split."""
     from stages.evaluate import run
     from stages.layout import Layout
-    from stages.params import load_params
 
-    run(load_params(params), decoder, seed, Layout(root, study), progress=progress)
+    run(study_params(params, seed), decoder, seed, Layout(root, study), progress=progress)
 
 
 @app.command()
@@ -142,9 +154,14 @@ def bench(params: Path = PARAMS, root: Path = ROOT,
                                              help="also time the mlp at K=5000 on all test images")) -> None:
     """Measure speed against this machine's matmul peak (a benchmark, not a test)."""
     from stages.bench import run
+    from stages.errors import OutputError
+    from stages.fsutil import ensure_writable_dir
     from stages.layout import Layout
     from stages.params import load_params
 
+    if out.is_dir():  # checked before the benchmark, not after it
+        raise OutputError(f"--out {out} is a folder; give the file to write, e.g. {out / 'bench.json'}")
+    ensure_writable_dir(out.parent)
     run(load_params(params), Layout(root), out, full_mlp_eval)
 
 

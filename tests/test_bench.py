@@ -46,3 +46,18 @@ def test_bench_gives_every_rate_as_a_ratio_to_the_peak_of_the_same_run(tmp_path,
     assert result["peak_rss_mib_after_evaluate"] >= result["peak_rss_mib_after_train"] > 0
     assert "mlp_full_eval" not in result  # --quick
     assert "step of pixelcnn_2" in capsys.readouterr().out
+
+
+def test_bench_refuses_an_output_folder_before_benchmarking(tmp_path):
+    """`--out reports` (a folder) used to fail only after the whole benchmark had run."""
+    import time
+
+    from helpers import sh
+
+    (tmp_path / "reports").mkdir()
+    start = time.time()
+    proc = sh(tmp_path, "vae-study", "bench", "--quick", "--out", str(tmp_path / "reports"),
+              "--params", str(tmp_path / "missing.yaml"), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"--out {tmp_path / 'reports'} is a folder" in proc.stderr
+    assert time.time() - start < 60 and not list((tmp_path / "reports").iterdir())

@@ -8,6 +8,8 @@ import json
 import math
 import os
 import pickle
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +22,7 @@ from stages import evaluate, train
 from stages.checkpoint import load_checkpoint, load_model
 from stages.data import load_splits
 from stages.errors import CheckpointError, DataError
+from stages.layout import Layout
 from stages.runtime import Precision
 
 METRIC_KEYS = {"nll_iw_nats", "nll_iw_stderr_nats", "iw_k", "n_test", "nll_elbo_nats", "kl_nats",
@@ -138,12 +141,24 @@ def test_n_test_beyond_the_test_split_is_a_clear_error(study):
         evaluate.run(too_many, "linear", 0, layout, progress=False)
 
 
-def test_a_missing_checkpoint_is_a_clear_error(study):
-    root, params, layout = study
+def test_a_missing_checkpoint_is_a_clear_error(study, tmp_path):
+    root = Path(shutil.copytree(study[0], tmp_path / "copy"))
+    (root / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS, "seeds": [0, 5]}))
     proc = run_stage(root, "evaluate", "linear", "--seed", "5")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "seed5.pt: checkpoint missing (run its train stage first)" in proc.stderr
-    assert not layout.metrics("linear", 5).exists()
+    assert not Layout(root).metrics("linear", 5).exists()
+
+
+def test_a_seed_outside_seeds_is_refused_before_any_file_is_written(study):
+    """Its files would be outputs of no DVC stage: untracked, and never in the report."""
+    root, params, layout = study
+    for stage in ("train", "evaluate"):
+        proc = run_stage(root, stage, "linear", "--seed", "3")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert "--seed 3 is not in `seeds` of" in proc.stderr and "(0): add it there first" in proc.stderr
+        assert not layout.model("linear", 3).exists() and not layout.history("linear", 3).exists()
+        assert not layout.metrics("linear", 3).exists() and not layout.eval_dir("linear", 3).exists()
 
 
 def test_a_checkpoint_that_does_not_match_the_params_is_refused(study, tmp_path):
