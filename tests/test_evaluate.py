@@ -8,6 +8,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -212,3 +213,55 @@ def test_bf16_evaluation_agrees_with_fp32_within_five_hundredths_of_a_nat(study)
                                          Precision(torch.device("cpu"), dtype), progress=False)
         nll[name] = result.metrics["nll_iw_nats"]
     assert abs(nll["bf16"] - nll["fp32"]) < 0.05, nll
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.001, 0.1, 0.5, 0.99])
+def test_a_truncated_checkpoint_is_named_with_what_to_do(study, tmp_path, fraction):
+    root, params, layout = study
+    data = layout.model("linear", 0).read_bytes()
+    path = tmp_path / "data/models/linear/seed0.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data[:int(len(data) * fraction)])
+    expected = re.escape(f"{path}: ") + ".*truncated.*`dvc checkout` its train"
+    with pytest.raises(CheckpointError, match=expected):
+        load_model(path, params.rung("linear"), params.encoder)
+
+
+def test_a_truncated_resume_file_says_it_can_be_deleted(study, tmp_path):
+    root = Path(shutil.copytree(study[0], tmp_path / "copy"))
+    scratch = Layout(root).scratch("linear", 0)
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    scratch.write_bytes(Layout(root).model("linear", 0).read_bytes()[:5000])
+    proc = run_stage(root, "train", "linear")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{scratch}: refused: not a complete checkpoint archive" in proc.stderr
+    assert "resume state: delete it, and the run starts over" in proc.stderr
+
+
+@pytest.mark.parametrize("craft, expected", [
+    (lambda s: s.update(model_state=list(s["model_state"].values())),
+     "model_state is not a mapping of tensors"),
+    (lambda s: s["model_state"]["encoder.net.0.weight"].fill_(float("nan")),
+     "weight encoder.net.0.weight is not finite"),
+    (lambda s: s.pop("epoch"), "no valid `epoch` (got None)"),
+    (lambda s: s.update(valid_kl_nats="a lot"), "no valid `valid_kl_nats` (got 'a lot')"),
+])
+def test_a_crafted_checkpoint_is_refused_before_any_evaluation(study, tmp_path, craft, expected):
+    root = Path(shutil.copytree(study[0], tmp_path / "copy"))
+    layout = Layout(root)
+    state = load_checkpoint(layout.model("linear", 0))
+    craft(state)
+    torch.save(state, layout.model("linear", 0))
+    proc = run_stage(root, "evaluate", "linear")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{layout.model('linear', 0)}: {expected}" in proc.stderr, proc.stderr
+    assert "evaluate linear seed 0: K=" not in proc.stdout  # refused before the evaluation started
+    assert not layout.metrics("linear", 0).exists()
+
+
+def test_an_empty_binarized_file_is_a_clear_error(study, tmp_path):
+    root = Path(shutil.copytree(study[0], tmp_path / "copy"))
+    Layout(root).binarized.write_bytes(b"")
+    proc = run_stage(root, "evaluate", "linear")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "Aborted" not in proc.stderr
+    assert f"{Layout(root).binarized}: not a readable binarized-MNIST file" in proc.stderr
