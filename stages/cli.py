@@ -188,13 +188,16 @@ def dvc_hint(stage: str, env: dict[str, str]) -> str:
     if base == "validate":
         lines.append("No stage that reads the params file ran, and none of their outputs was touched.")
         return "\n".join(lines)
-    lines.append(f"DVC removed the outputs of stage '{stage}' before running it. Once the problem "
-                 "is fixed, `dvc repro` recomputes them; `dvc checkout "
-                 f"{shlex.quote(stage)}` restores the last ones from the DVC cache instead "
-                 "(`dvc pull` fetches them from a remote).")
-    if base == "report":
+    if base == "report":  # its outputs are not in the DVC cache but in git
         reports = f"reports/{study}" if study else "reports"
-        lines.append(f"The rendered report is tracked by git: `git checkout -- {reports}` restores it.")
+        lines.append(f"DVC removed the outputs of stage '{stage}' before running it. Once the problem "
+                     f"is fixed, `dvc repro` renders them again; the rendered report is tracked by "
+                     f"git: `git checkout -- {reports}` restores it.")
+    else:
+        lines.append(f"DVC removed the outputs of stage '{stage}' before running it. Once the "
+                     "problem is fixed, `dvc repro` recomputes them; `dvc checkout "
+                     f"{shlex.quote(stage)}` restores the last ones from the DVC cache instead "
+                     "(`dvc pull` fetches them from a remote).")
     return "\n".join(lines)
 
 

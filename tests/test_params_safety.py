@@ -200,6 +200,18 @@ def test_where_repro_single_item_skips_validation_the_refusal_says_how_to_restor
     assert stage_status(study) == set()
 
 
+def test_the_restore_hint_names_a_named_studys_files_and_quotes_the_stage():
+    from stages.cli import dvc_hint
+
+    assert "`git checkout -- reports/long` restores it" in dvc_hint("profiles/long/dvc.yaml:report", {})
+    assert "`dvc checkout profiles/long/dvc.yaml:train@mlp-0` restores" in dvc_hint(
+        "profiles/long/dvc.yaml:train@mlp-0", {})
+    exp = dvc_hint("profiles/long/dvc.yaml:validate", {"DVC_EXP_BASELINE_REV": "abc"})
+    assert "`git checkout -- profiles/long/params.yaml` to undo it" in exp
+    assert "No stage that reads the params file ran" in exp
+    assert "`dvc checkout 'train@x;rm -rf ~-0'` restores" in dvc_hint("train@x;rm -rf ~-0", {})
+
+
 def test_a_valid_edit_reruns_the_validation_and_nothing_else_through_it(study):
     """The validate stage's output has the same bytes for every valid file, so it adds no rerun:
     a report setting reruns the validation (seconds) and the report only."""
