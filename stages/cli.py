@@ -208,14 +208,36 @@ def main() -> None:
         keep_freed_memory()
     try:
         app()
-    except StudyError as e:
+    except (StudyError, MemoryError, RuntimeError) as e:
         import os
 
-        message = f"error: {e}"
+        if isinstance(e, StudyError):
+            message = f"error: {e}"
+        elif out_of_memory(e):
+            command = sys.argv[1:3] if sys.argv[1] in ("train", "evaluate") else sys.argv[1:2]
+            message = f"error: out of memory in `vae-study {' '.join(command)}`: {first_line(e)}\n" \
+                      f"{MEMORY_ADVICE}"
+        else:
+            raise  # a bug: keep its traceback
         if os.environ.get("DVC_STAGE"):
             message += "\n" + dvc_hint(os.environ["DVC_STAGE"], dict(os.environ))
         print(message, file=sys.stderr)
         raise SystemExit(1) from None
+
+
+MEMORY_ADVICE = ("A rung or batch this large does not fit this machine's memory: lower the rung's "
+                 "channels or n_layers, train.batch_size, or evaluate.batch_size and chunk_size.")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """torch's CPU and CUDA allocators raise RuntimeError (torch.OutOfMemoryError on CUDA)."""
+    text = str(e)
+    return isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -172,7 +172,8 @@ def test_a_key_given_twice_is_refused_with_its_line_as_dvc_refuses_it(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text(text)
     line = text.splitlines().index("  epochs: 9") + 1
-    with pytest.raises(ParamsError, match=f'not valid YAML at line {line}, column 3: found duplicate key "epochs"'):
+    expected = f'not valid YAML at line {line}, column 3: found duplicate key "epochs"'
+    with pytest.raises(ParamsError, match=expected):
         load_params(path)
     with pytest.raises(ParamsError, match="duplicate key"):
         check_names(path)
@@ -205,6 +206,31 @@ def test_what_dvc_cannot_interpolate_is_refused_by_name(tmp_path, text, expected
         check_names(path)
     with pytest.raises(ParamsError, match=re.escape(expected)):
         load_params(path)
+
+
+def test_a_rung_too_large_for_memory_ends_with_what_to_lower_not_a_traceback(tmp_path):
+    """The address space is capped at what torch needs plus 1 GiB; the rung's weights alone
+    are 2.4 GB, so building it fails at once (no training, no heavy compute)."""
+    import resource
+    import subprocess
+    import sys
+
+    from helpers import env_with_venv
+
+    probe = ("import stages.model, stages.params, stages.report, re; "  # what validate imports
+             "print(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read())[1])")
+    base_kib = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                  env=env_with_venv(), check=True).stdout)
+    cap = (base_kib << 10) + (1 << 30)
+    huge = {**TINY_PARAMS, "decoders": {"huge": {"family": "pixelcnn", "channels": 1024, "n_layers": 64}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(huge))
+    command = [sys.executable, "-m", "stages", "validate", "--params", str(tmp_path / "params.yaml")]
+    proc = subprocess.run(command,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)),
+                          capture_output=True, text=True, env=env_with_venv(), timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "error: out of memory in `vae-study validate`" in proc.stderr
+    assert "lower the rung's channels or n_layers" in proc.stderr
 
 
 def test_cli_refuses_bad_params_with_one_message_and_no_traceback(tmp_path):
