@@ -9,8 +9,10 @@ inside are validated with the same schema as params.yaml when the model is rebui
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,18 +61,33 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+def _remedy(path: Path) -> str:
+    """What to do with an unreadable file: a resume file is only a head start."""
+    if ".scratch" in path.parts:
+        return "it is only an interrupted run's resume state: delete it, and the run starts over"
+    return ("delete it, then `dvc checkout` its train stage to restore it from the DVC cache, "
+            "or rerun that stage")
+
+
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
+    if path.is_file() and not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise CheckpointError(f"{path}: refused: not a complete checkpoint archive, so truncated, "
+                              f"corrupt or not written by this study ({path.stat().st_size} bytes); "
+                              f"{_remedy(path)}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint missing (run its train stage first)") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+    except pickle.UnpicklingError as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(
             f"{path}: refused: not a plain tensors-and-data checkpoint, and checkpoints are "
             f"never unpickled with code execution ({first_line})"
         ) from None
+    except (OSError, RuntimeError, EOFError, ValueError, AttributeError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: truncated or corrupt ({first_line}); {_remedy(path)}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a checkpoint of this study (format {FORMAT})")
     return state
@@ -95,13 +112,30 @@ def rebuild(state: dict[str, Any], path: str | Path = "checkpoint") -> tuple[VAE
     encoder_cfg = build(EncoderConfig, state.get("encoder"), "encoder", errors)
     rung = parse_rung(state.get("rung_name"), state.get("rung"), "rung", errors)
     errors.raise_if_any(f"{path} (its stored config)")
+    weights = state.get("model_state")
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise CheckpointError(f"{path}: model_state is not a mapping of tensors; {_remedy(Path(path))}")
+    for key, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise CheckpointError(f"{path}: weight {key} is not finite; {_remedy(Path(path))}")
     model = VAE(GaussianEncoder(encoder_cfg), build_decoder(rung.family, rung.decoder,
                                                              encoder_cfg.latent_dim))
     try:
-        model.load_state_dict(state["model_state"])
+        model.load_state_dict(weights)
     except (KeyError, RuntimeError) as e:
         raise CheckpointError(f"{path}: weights do not fit the stored config: {e}") from None
     return model, rung
+
+
+def _check_training_record(state: dict[str, Any], path: str | Path) -> None:
+    """The fields evaluation reports beside its metrics: refused before any work, not after."""
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        raise CheckpointError(f"{path}: no valid `epoch` (got {epoch!r}); {_remedy(Path(path))}")
+    for key in ("valid_elbo_nats", "valid_kl_nats"):
+        value = state.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            raise CheckpointError(f"{path}: no valid `{key}` (got {value!r}); {_remedy(Path(path))}")
 
 
 def load_model(path: str | Path, rung: Rung | None = None,
@@ -111,4 +145,5 @@ def load_model(path: str | Path, rung: Rung | None = None,
     if rung is not None and encoder is not None:
         check_matches(state, rung, encoder, path)
     model, stored_rung = rebuild(state, path)
+    _check_training_record(state, path)
     return model, stored_rung, state

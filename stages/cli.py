@@ -3,7 +3,8 @@
 Each command reads and validates params.yaml, checks that its outputs can be written, then
 calls the stage's function. A StudyError (bad params, missing data, a refused checkpoint,
 a full disk) is printed as one message with exit code 1; anything else is a bug and keeps
-its traceback.
+its traceback. Inside a DVC stage (DVC sets DVC_STAGE) the message also says what DVC removed
+before the command ran and how to get it back (`dvc_hint`).
 """
 
 from __future__ import annotations
@@ -26,19 +27,55 @@ PROGRESS = typer.Option(True, "--progress/--no-progress",
                         help="progress bars (shown only when stderr is a terminal)")
 
 
+def study_params(params: Path, seed: int):
+    """The validated params, refusing a seed outside `seeds`: its files would be outputs of no
+    DVC stage (untracked, never in the report)."""
+    from stages.errors import ParamsError
+    from stages.params import load_params
+
+    p = load_params(params)
+    if seed not in p.seeds:
+        have = ", ".join(map(str, p.seeds))
+        raise ParamsError(f"--seed {seed} is not in `seeds` of {params} ({have}): add it there "
+                          "first, so that DVC tracks the run and the report reads it")
+    return p
+
+
 @app.command()
-def validate(params: Path = PARAMS) -> None:
+def validate(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY,
+             stamp: bool = typer.Option(False, "--stamp", help="then write data/[<study>/]params.valid "
+                                        "(the validate stage of dvc.yaml, which every stage that "
+                                        "reads params is downstream of)")) -> None:
     """Check params.yaml against the schema and list the ladder with each rung's power."""
+    from stages.fsutil import write_text
+    from stages.layout import Layout
     from stages.model import build_decoder
     from stages.params import load_params
     from stages.report import role
 
+    layout = Layout(root, study)
     p = load_params(params)
     for name, rung in p.decoders.items():
         decoder = build_decoder(rung.family, rung.decoder, p.encoder.latent_dim)
         print(f"{name}: receptive field {decoder.receptive_field} pixels, "
               f"{role(rung, decoder.uses_z)}; {rung.plain()}")
     print(f"{params}: valid ({len(p.decoders)} decoders x {len(p.seeds)} seeds)")
+    if stamp:  # the same bytes for every valid file: a params edit reruns nothing through it
+        write_text(layout.params_stamp, "the params file passed `vae-study validate`\n")
+
+
+@app.command("check-names")
+def check_names(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY) -> None:
+    """Refuse a params file whose rung names or seeds are not safe in a command line.
+
+    The first command of every train and evaluate stage in dvc.yaml: it has nothing
+    interpolated into it, so it runs before DVC hands the shell a command built from a name.
+    """
+    from stages.layout import Layout
+    from stages.paramsfile import check_names as run_check
+
+    Layout(root, study)  # refuses a bad study name
+    run_check(params)
 
 
 @app.command()
@@ -71,10 +108,9 @@ def train(decoder: str = typer.Argument(..., help="a key of `decoders` in params
           progress: bool = PROGRESS) -> None:
     """Train one rung of the decoder ladder (resumes an interrupted run)."""
     from stages.layout import Layout
-    from stages.params import load_params
     from stages.train import run
 
-    run(load_params(params), decoder, seed, Layout(root, study), progress=progress)
+    run(study_params(params, seed), decoder, seed, Layout(root, study), progress=progress)
 
 
 @app.command()
@@ -85,9 +121,8 @@ def evaluate(decoder: str = typer.Argument(..., help="a key of `decoders` in par
     """IW log-likelihood and collapse metrics of one trained rung on the test split."""
     from stages.evaluate import run
     from stages.layout import Layout
-    from stages.params import load_params
 
-    run(load_params(params), decoder, seed, Layout(root, study), progress=progress)
+    run(study_params(params, seed), decoder, seed, Layout(root, study), progress=progress)
 
 
 @app.command()
@@ -122,21 +157,90 @@ def bench(params: Path = PARAMS, root: Path = ROOT,
                                                "decoder beside ours (skipped without it)")) -> None:
     """Measure speed against this machine's matmul peak (a benchmark, not a test)."""
     from stages.bench import run
+    from stages.errors import OutputError
+    from stages.fsutil import ensure_writable_dir
     from stages.layout import Layout
     from stages.params import load_params
 
+    if out.is_dir():  # checked before the benchmark, not after it
+        raise OutputError(f"--out {out} is a folder; give the file to write, e.g. {out / 'bench.json'}")
+    ensure_writable_dir(out.parent)
     run(load_params(params), Layout(root), out, full_mlp_eval, peer_dir)
 
 
-def main() -> None:
-    from stages.runtime import keep_freed_memory
+LIGHT_COMMANDS = ("check-names",)  # run before every train/evaluate command: no torch import
 
-    keep_freed_memory()
+
+def dvc_hint(stage: str, env: dict[str, str]) -> str:
+    """What a refusal inside a DVC stage means for that stage's outputs, and how to get them back.
+
+    DVC deletes a stage's outputs before it runs the command, so a stage that refuses its input
+    leaves them deleted. `dvc repro` and `dvc exp run` validate the params file in the validate
+    stage before any stage that reads it; `dvc repro -s <stage>` (and --downstream) skip it.
+    """
+    import shlex
+
+    base = stage.rsplit(":", 1)[-1].split("@", 1)[0]
+    prefix = stage.rsplit(":", 1)[0] if ":" in stage else ""
+    study = prefix.split("/")[1] if prefix.startswith("profiles/") and prefix.count("/") >= 2 else ""
+    params_file = f"profiles/{study}/params.yaml" if study else "params.yaml"
+    lines = []
+    if env.get("DVC_EXP_BASELINE_REV"):
+        lines.append("Under `dvc exp run`, the values given with -S are already written into "
+                     f"{params_file}: fix the value there, or `git checkout -- {params_file}` to undo it.")
+    if base == "validate":
+        lines.append("No stage that reads the params file ran, and none of their outputs was touched.")
+        return "\n".join(lines)
+    if base == "report":  # its outputs are not in the DVC cache but in git
+        reports = f"reports/{study}" if study else "reports"
+        lines.append(f"DVC removed the outputs of stage '{stage}' before running it. Once the problem "
+                     f"is fixed, `dvc repro` renders them again; the rendered report is tracked by "
+                     f"git: `git checkout -- {reports}` restores it.")
+    else:
+        lines.append(f"DVC removed the outputs of stage '{stage}' before running it. Once the "
+                     "problem is fixed, `dvc repro` recomputes them; `dvc checkout "
+                     f"{shlex.quote(stage)}` restores the last ones from the DVC cache instead "
+                     "(`dvc pull` fetches them from a remote).")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    if sys.argv[1:2] and sys.argv[1] not in LIGHT_COMMANDS:
+        from stages.runtime import keep_freed_memory
+
+        keep_freed_memory()
     try:
         app()
-    except StudyError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (StudyError, MemoryError, RuntimeError) as e:
+        import os
+
+        if isinstance(e, StudyError):
+            message = f"error: {e}"
+        elif out_of_memory(e):
+            command = sys.argv[1:3] if sys.argv[1] in ("train", "evaluate") else sys.argv[1:2]
+            message = f"error: out of memory in `vae-study {' '.join(command)}`: {first_line(e)}\n" \
+                      f"{MEMORY_ADVICE}"
+        else:
+            raise  # a bug: keep its traceback
+        if os.environ.get("DVC_STAGE"):
+            message += "\n" + dvc_hint(os.environ["DVC_STAGE"], dict(os.environ))
+        print(message, file=sys.stderr)
         raise SystemExit(1) from None
+
+
+MEMORY_ADVICE = ("A rung or batch this large does not fit this machine's memory: lower the rung's "
+                 "channels or n_layers, train.batch_size, or evaluate.batch_size and chunk_size.")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """torch's CPU and CUDA allocators raise RuntimeError (torch.OutOfMemoryError on CUDA)."""
+    text = str(e)
+    return isinstance(e, MemoryError) or "can't allocate memory" in text or "out of memory" in text
+
+
+def first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 if __name__ == "__main__":

@@ -52,8 +52,9 @@ def load_splits(path: str | Path) -> dict[str, Split]:
             arrays = {k: f[k] for k in f.files}
     except FileNotFoundError:
         raise DataError(f"{path}: missing (run the binarize stage first)") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: not a readable binarized-MNIST file: {e}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # EOFError: an empty file
+        raise DataError(f"{path}: not a readable binarized-MNIST file ({e or 'empty'}); rerun the "
+                        "binarize stage (or `dvc checkout` it)") from None
     splits = {}
     for name in SPLITS:
         labels = arrays.get(f"{name}_labels")

@@ -34,6 +34,12 @@ class Layout:
         return self.root / "data" / self.study if self.study else self.root / "data"
 
     @property
+    def params_stamp(self) -> Path:
+        """Written by the validate stage once the params file passed: every stage that reads
+        params is downstream of it. Its bytes never change, so it reruns nothing by itself."""
+        return self.data / "params.valid"
+
+    @property
     def raw(self) -> Path:
         return self.root / "data/raw"
 

@@ -12,20 +12,17 @@ have their defaults here and in `stages.model`, which the stages list as DVC dep
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stages.errors import ParamsError
 from stages.model import DECODERS, EncoderConfig
-from stages.schema import Errors, build, field_names, spec, to_plain
+from stages.paramsfile import RUNG_NAME_RULE, SEEDS_RULE, read_yaml, rung_name_ok, seeds_ok
+from stages.schema import Errors, build, did_you_mean, field_names, spec, to_plain
 
 N_MNIST_TRAIN = 60000
 N_MNIST_TEST = 10000
-RUNG_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
 
 
 def _unit_interval_open(v: float) -> str | None:
@@ -128,9 +125,8 @@ TOP_LEVEL = (*SECTIONS, "seeds", "decoders")
 
 def parse_rung(name: Any, raw: Any, path: str, errors: Errors) -> Rung | None:
     """Validate one `decoders.<name>` entry: `{family: ..., <family options>, <objective>}`."""
-    if not isinstance(name, str) or not RUNG_NAME.match(name):
-        errors.add(path, "a decoder name must start with a letter and use only letters, "
-                         "digits and _ (it names DVC stages and files)")
+    if not rung_name_ok(name):
+        errors.add(path, RUNG_NAME_RULE)
         return None
     if not isinstance(raw, dict):
         errors.add(path, f"must be a mapping like {{family: mlp}}, got {raw!r}")
@@ -147,7 +143,8 @@ def parse_rung(name: Any, raw: Any, path: str, errors: Errors) -> Rung | None:
     allowed = field_names(config_cls) + sorted(objective_keys)
     for key in options:
         if key not in field_names(config_cls):
-            errors.add(f"{path}.{key}", f"unknown option for family {family!r}; allowed: "
+            errors.add(f"{path}.{key}", f"unknown option for family {family!r}"
+                                        f"{did_you_mean(key, ['family', *allowed])}; allowed: "
                                         f"family, {', '.join(allowed)}")
     decoder = build(config_cls, {k: v for k, v in options.items() if k in field_names(config_cls)},
                     path, errors)
@@ -158,15 +155,8 @@ def parse_rung(name: Any, raw: Any, path: str, errors: Errors) -> Rung | None:
 
 
 def _parse_seeds(raw: Any, errors: Errors) -> tuple[int, ...]:
-    ok = (
-        isinstance(raw, list)
-        and raw
-        and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in raw)
-        and len(set(raw)) == len(raw)
-    )
-    if not ok:
-        errors.add("seeds", f"got {raw!r}; allowed: a non-empty list of distinct integers in "
-                            "[0, 2^31)")
+    if not seeds_ok(raw):
+        errors.add("seeds", f"got {raw!r}; {SEEDS_RULE}")
         return ()
     return tuple(raw)
 
@@ -179,7 +169,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> StudyParams:
         errors.raise_if_any(source)
     for key in raw:
         if key not in TOP_LEVEL:
-            errors.add(str(key), f"unknown section; allowed: {', '.join(TOP_LEVEL)}")
+            errors.add(str(key), f"unknown section{did_you_mean(key, TOP_LEVEL)}; "
+                                 f"allowed: {', '.join(TOP_LEVEL)}")
     sections = {name: build(cls, raw.get(name), name, errors) for name, cls in SECTIONS.items()}
     seeds = _parse_seeds(raw.get("seeds"), errors)
     decoders: dict[str, Rung] = {}
@@ -205,15 +196,5 @@ def parse_params(raw: Any, source: str = "params.yaml") -> StudyParams:
 
 
 def load_params(path: str | Path = "params.yaml") -> StudyParams:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: not found (run from the project root)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ParamsError(f"{path}: cannot be read: {e}") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
-    return parse_params(raw, str(path))
+    """Read the file as DVC reads it (stages.paramsfile), then validate it."""
+    return parse_params(read_yaml(path), str(path))

@@ -139,6 +139,14 @@ def _convert(value: Any, tp: Any, field: dataclasses.Field, path: str, errors: E
     return converted
 
 
+def did_you_mean(key: Any, allowed: list[str] | tuple[str, ...]) -> str:
+    """' (did you mean 'train'?)' for a key one typo away from an allowed one, else ''."""
+    import difflib
+
+    close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def field_names(cls: type) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.init]
 
@@ -155,7 +163,7 @@ def build(cls: type[T], raw: Any, path: str, errors: Errors) -> T | None:
     unknown = [k for k in raw if k not in fields]
     for key in unknown:
         allowed = ", ".join(fields) or "(none)"
-        errors.add(f"{path}.{key}", f"unknown key; allowed keys: {allowed}")
+        errors.add(f"{path}.{key}", f"unknown key{did_you_mean(key, list(fields))}; allowed keys: {allowed}")
     values: dict[str, Any] = {}
     n_before = len(errors.lines)
     for name, field in fields.items():

@@ -20,6 +20,7 @@ import yaml
 from stages.errors import ParamsError
 from stages.fsutil import write_text
 from stages.layout import Layout
+from stages.paramsfile import read_yaml
 
 BASELINE = "reports/results.csv"  # the default study's results table, which a study compares with
 HEADER = """\
@@ -56,14 +57,18 @@ def pipeline(default: dict[str, Any], study: str) -> dict[str, Any]:
             continue
         s: dict[str, Any] = {"wdir": "../.."}
         for key, value in stage.items():
-            if key == "cmd":
-                value = f"{value} --params {params_file} --study {study}"
+            if key == "cmd":  # one command line or a list of them, each run with the study's files
+                commands = [f"{c} --params {params_file} --study {study}"
+                            for c in (value if isinstance(value, list) else [value])]
                 if name == "report":
-                    value += f" --compare-with {BASELINE}"
+                    commands[-1] += f" --compare-with {BASELINE}"
+                value = commands if isinstance(value, list) else commands[0]
             elif key == "params":
                 value = [{params_file: value}]
             elif key in ("deps", "outs", "metrics", "plots"):
                 value = _paths(value, study)
+                if key == "deps":  # the params file as a whole (the validate stage's input)
+                    value = [params_file if v == "params.yaml" else v for v in value]
                 if key == "deps" and name == "report":
                     value = [*value, BASELINE]
             s[key] = value
@@ -74,13 +79,18 @@ def pipeline(default: dict[str, Any], study: str) -> dict[str, Any]:
 
 
 def write_pipeline(root: Path, study: str) -> Path:
-    """Write profiles/<study>/dvc.yaml from root/dvc.yaml (atomically)."""
+    """Write profiles/<study>/dvc.yaml from root/dvc.yaml (atomically), once the study's params
+    file passes validation: a pipeline DVC cannot expand (a YAML error, no `decoders`) would
+    break `dvc status` and `dvc repro` of the whole project, the default study's included."""
+    from stages.params import load_params
+
     Layout(root, study)  # refuses a bad study name before any path is built from it
     params = root / "profiles" / study / "params.yaml"
     if not params.exists():
         raise ParamsError(f"{params}: not found; a named study needs its params file first "
                           "(start from a copy of params.yaml)")
-    default = yaml.safe_load((root / "dvc.yaml").read_text())
+    load_params(params)  # every problem named, nothing written
+    default = read_yaml(root / "dvc.yaml")
     target = params.with_name("dvc.yaml")
     body = yaml.safe_dump(pipeline(default, study), sort_keys=False, width=1000)
     write_text(target, HEADER.format(name=study) + body)

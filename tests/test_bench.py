@@ -88,3 +88,18 @@ def test_peer_comparison_times_both_decoders_round_robin_and_skips_without_the_p
                                                                 / rates["peer, fp32 (as shipped)"])
     assert result["ours_over_peer_same_precision"] == pytest.approx(rates[f"ours, {cpu.name}"]
                                                                     / rates["peer, bf16 autocast"])
+
+
+def test_bench_refuses_an_output_folder_before_benchmarking(tmp_path):
+    """`--out reports` (a folder) used to fail only after the whole benchmark had run."""
+    import time
+
+    from helpers import sh
+
+    (tmp_path / "reports").mkdir()
+    start = time.time()
+    proc = sh(tmp_path, "vae-study", "bench", "--quick", "--out", str(tmp_path / "reports"),
+              "--params", str(tmp_path / "missing.yaml"), check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"--out {tmp_path / 'reports'} is a folder" in proc.stderr
+    assert time.time() - start < 60 and not list((tmp_path / "reports").iterdir())

@@ -8,6 +8,9 @@ import json
 import math
 import os
 import pickle
+import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,6 +23,7 @@ from stages import evaluate, train
 from stages.checkpoint import load_checkpoint, load_model
 from stages.data import load_splits
 from stages.errors import CheckpointError, DataError
+from stages.layout import Layout
 from stages.runtime import Precision
 
 METRIC_KEYS = {"nll_iw_nats", "nll_iw_stderr_nats", "iw_k", "n_test", "nll_elbo_nats", "kl_nats",
@@ -138,12 +142,24 @@ def test_n_test_beyond_the_test_split_is_a_clear_error(study):
         evaluate.run(too_many, "linear", 0, layout, progress=False)
 
 
-def test_a_missing_checkpoint_is_a_clear_error(study):
-    root, params, layout = study
+def test_a_missing_checkpoint_is_a_clear_error(study, tmp_path):
+    root = Path(shutil.copytree(study[0], tmp_path / "copy"))
+    (root / "params.yaml").write_text(yaml.safe_dump({**TINY_PARAMS, "seeds": [0, 5]}))
     proc = run_stage(root, "evaluate", "linear", "--seed", "5")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "seed5.pt: checkpoint missing (run its train stage first)" in proc.stderr
-    assert not layout.metrics("linear", 5).exists()
+    assert not Layout(root).metrics("linear", 5).exists()
+
+
+def test_a_seed_outside_seeds_is_refused_before_any_file_is_written(study):
+    """Its files would be outputs of no DVC stage: untracked, and never in the report."""
+    root, params, layout = study
+    for stage in ("train", "evaluate"):
+        proc = run_stage(root, stage, "linear", "--seed", "3")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert "--seed 3 is not in `seeds` of" in proc.stderr and "(0): add it there first" in proc.stderr
+        assert not layout.model("linear", 3).exists() and not layout.history("linear", 3).exists()
+        assert not layout.metrics("linear", 3).exists() and not layout.eval_dir("linear", 3).exists()
 
 
 def test_a_checkpoint_that_does_not_match_the_params_is_refused(study, tmp_path):
@@ -197,3 +213,57 @@ def test_bf16_evaluation_agrees_with_fp32_within_five_hundredths_of_a_nat(study)
                                          Precision(torch.device("cpu"), dtype), progress=False)
         nll[name] = result.metrics["nll_iw_nats"]
     assert abs(nll["bf16"] - nll["fp32"]) < 0.05, nll
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.001, 0.1, 0.5, 0.99])
+def test_a_truncated_checkpoint_is_named_with_what_to_do(study, tmp_path, fraction):
+    root, params, layout = study
+    data = layout.model("linear", 0).read_bytes()
+    path = tmp_path / "data/models/linear/seed0.pt"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data[:int(len(data) * fraction)])
+    expected = re.escape(f"{path}: ") + ".*truncated.*`dvc checkout` its train"
+    with pytest.raises(CheckpointError, match=expected):
+        load_model(path, params.rung("linear"), params.encoder)
+
+
+def test_a_truncated_resume_file_says_it_can_be_deleted(study, tmp_path):
+    root = Path(shutil.copytree(study[0], tmp_path / "copy"))
+    scratch = Layout(root).scratch("linear", 0)
+    scratch.parent.mkdir(parents=True, exist_ok=True)
+    scratch.write_bytes(Layout(root).model("linear", 0).read_bytes()[:5000])
+    proc = run_stage(root, "train", "linear")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{scratch}: refused: not a complete checkpoint archive" in proc.stderr
+    assert "resume state: delete it, and the run starts over" in proc.stderr
+
+
+@pytest.mark.parametrize("craft, expected", [
+    (lambda s: s.update(model_state=list(s["model_state"].values())),
+     "model_state is not a mapping of tensors"),
+    (lambda s: s["model_state"]["encoder.net.0.weight"].fill_(float("nan")),
+     "weight encoder.net.0.weight is not finite"),
+    (lambda s: s.pop("epoch"), "no valid `epoch` (got None)"),
+    (lambda s: s.update(valid_kl_nats="a lot"), "no valid `valid_kl_nats` (got 'a lot')"),
+])
+def test_a_crafted_checkpoint_is_refused_before_any_evaluation(study, tmp_path, craft, expected):
+    root = Path(shutil.copytree(study[0], tmp_path / "copy"))
+    layout = Layout(root)
+    for earlier in (root / "data/metrics", root / "data/eval"):  # from the tests above, if any ran
+        shutil.rmtree(earlier, ignore_errors=True)
+    state = load_checkpoint(layout.model("linear", 0))
+    craft(state)
+    torch.save(state, layout.model("linear", 0))
+    proc = run_stage(root, "evaluate", "linear")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"{layout.model('linear', 0)}: {expected}" in proc.stderr, proc.stderr
+    assert "evaluate linear seed 0: K=" not in proc.stdout  # refused before the evaluation started
+    assert not layout.metrics("linear", 0).exists()
+
+
+def test_an_empty_binarized_file_is_a_clear_error(study, tmp_path):
+    root = Path(shutil.copytree(study[0], tmp_path / "copy"))
+    Layout(root).binarized.write_bytes(b"")
+    proc = run_stage(root, "evaluate", "linear")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "Aborted" not in proc.stderr
+    assert f"{Layout(root).binarized}: not a readable binarized-MNIST file" in proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,10 @@ import yaml
 from helpers import TINY_PARAMS, run_stage
 
 from stages.errors import ParamsError
+from stages.model import build_decoder
 from stages.params import load_params, parse_params
+from stages.paramsfile import check_names, read_yaml
+from stages.report.zadds import twin_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,12 +39,18 @@ DELETE = object()
 def test_the_checked_in_params_files_are_valid():
     default = load_params(ROOT / "params.yaml")
     assert len(default.seeds) >= 3
-    assert default.decoders["pixelcnn_uncond"].decoder.conditional is False
-    spatial = [r for r in default.decoders.values() if r.family == "pixelcnn"
-               and r.decoder.conditional and r.decoder.z_pathway == "spatial"]
-    assert sum(r.decoder.n_layers == 1 for r in spatial) >= 3  # receptive-field-limited rungs
-    for profile in sorted((ROOT / "profiles").glob("*.yaml")):
-        load_params(profile)
+    for path in [ROOT / "params.yaml", *sorted((ROOT / "profiles").glob("**/params.yaml")),
+                 *sorted((ROOT / "profiles").glob("*.yaml"))]:
+        ladder = load_params(path).decoders
+        built = {n: build_decoder(r.family, r.decoder, 4) for n, r in ladder.items()}
+        uses_z = {n: d.uses_z for n, d in built.items()}
+        spatial = [n for n, r in ladder.items() if uses_z[n] and built[n].receptive_field > 0
+                   and r.decoder.z_pathway == "spatial"]
+        # every autoregressive trend rung has its decoder-alone twin, and the axis reaches a
+        # decoder that sees the whole raster past of every pixel
+        assert all(twin_of(n, ladder, uses_z) for n in spatial), path
+        assert max(built[n].raster_share for n in spatial) == 1.0, path
+        assert min(built[n].receptive_field for n in spatial) <= 4, path  # and starts at a local one
 
 
 @pytest.mark.parametrize(
@@ -72,6 +82,14 @@ def test_the_checked_in_params_files_are_valid():
         ("decoders.bad-name", {"family": "mlp"}, "decoders.bad-name: a decoder name must start with a letter"),
         ("decoders", {}, "decoders: must be a non-empty mapping"),
         ("extra_section", {}, "extra_section: unknown section"),
+        ("trian", {"epochs": 1}, "trian: unknown section (did you mean 'train'?)"),
+        ("train.epoch", 1, "train.epoch: unknown key (did you mean 'epochs'?)"),
+        ("decoders.pixelcnn_2.n_layer", 2, "decoders.pixelcnn_2.n_layer: unknown option for family "
+                                           "'pixelcnn' (did you mean 'n_layers'?)"),
+        ("decoders.x\n", {"family": "mlp"}, "a decoder name must start with a letter"),
+        ("decoders.a b", {"family": "mlp"}, "a decoder name must start with a letter"),
+        ("seeds", 0, "seeds: got 0; allowed: a non-empty list"),
+        ("seeds", [0, "1;touch x"], "seeds: got [0, '1;touch x']"),
     ],
 )
 def test_bad_params_are_refused_naming_the_key_and_what_is_allowed(path, value, expected):
@@ -118,6 +136,109 @@ def test_malformed_files_are_refused(tmp_path, text, expected):
     (tmp_path / "params.yaml").write_text(text)
     with pytest.raises(ParamsError, match=expected):
         load_params(tmp_path / "params.yaml")
+
+
+# --- read as DVC reads it (YAML 1.2) ----------------------------------------------------------
+
+YAML_FORMS = """\
+lr: 1e-3
+lr_upper: 3E-4
+lr_signed: +1.0e-3
+big: 1e+5
+word: yes
+off: off
+octal: 0o17
+hex: 0x1F
+underscore: 1_000
+nothing: ~
+date: 2026-12-01
+"""
+
+
+def test_params_are_read_as_dvc_reads_them(tmp_path):
+    """The same values DVC sees for `params:` deps, `dvc exp show` and dvc.yaml's ${...}."""
+    from dvc.utils.serialize import load_yaml
+
+    path = tmp_path / "params.yaml"
+    path.write_text(YAML_FORMS)
+    assert read_yaml(path) == load_yaml(path)
+    assert read_yaml(path)["lr"] == 0.001 and read_yaml(path)["word"] == "yes"
+
+
+def test_a_learning_rate_in_exponent_notation_is_a_number(tmp_path):
+    text = yaml.safe_dump(TINY_PARAMS, sort_keys=False).replace("lr: 0.003", "lr: 3e-3")
+    assert "lr: 3e-3" in text
+    (tmp_path / "params.yaml").write_text(text)
+    assert load_params(tmp_path / "params.yaml").train.lr == 0.003
+
+
+def test_a_key_given_twice_is_refused_with_its_line_as_dvc_refuses_it(tmp_path):
+    from dvc.utils.serialize import YAMLFileCorruptedError, load_yaml
+
+    text = yaml.safe_dump(TINY_PARAMS, sort_keys=False)
+    text = text.replace("  epochs: 2\n", "  epochs: 2\n  epochs: 9\n")
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    line = text.splitlines().index("  epochs: 9") + 1
+    expected = f'not valid YAML at line {line}, column 3: found duplicate key "epochs"'
+    with pytest.raises(ParamsError, match=expected):
+        load_params(path)
+    with pytest.raises(ParamsError, match="duplicate key"):
+        check_names(path)
+    with pytest.raises(YAMLFileCorruptedError):
+        load_yaml(path)
+
+
+def test_the_checked_in_params_files_read_the_same_as_before():
+    """The change of YAML reader changes no value of the project's own files (no stage's
+    inputs change)."""
+    for path in [ROOT / "params.yaml", *sorted((ROOT / "profiles").glob("**/*.yaml"))]:
+        if path.name != "dvc.yaml":
+            assert read_yaml(path) == yaml.safe_load(path.read_text()), path
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("seeds: 0\n", "seeds: got 0"),
+    ("seeds: [0, '1;touch x']\n", "seeds: got [0, '1;touch x']"),
+    ("decoders: 3\n", "decoders: must be a non-empty mapping"),
+    ("decoders: {}\n", "decoders: must be a non-empty mapping"),
+    ("decoders: {'x;touch y': {family: mlp}}\n", "decoders.x;touch y: a decoder name must start with"),
+    ("decoders: {1: {family: mlp}}\n", "1: a decoder name must start with"),
+])
+def test_what_dvc_cannot_interpolate_is_refused_by_name(tmp_path, text, expected):
+    """What the stage guard (`vae-study check-names`) refuses, and the full validation too."""
+    path = tmp_path / "params.yaml"
+    path.write_text(text + "seeds: [0]\n" * ("seeds" not in text) + "decoders: {m: {family: mlp}}\n" * (
+        "decoders" not in text))
+    with pytest.raises(ParamsError, match=re.escape(expected)):
+        check_names(path)
+    with pytest.raises(ParamsError, match=re.escape(expected)):
+        load_params(path)
+
+
+def test_a_rung_too_large_for_memory_ends_with_what_to_lower_not_a_traceback(tmp_path):
+    """The address space is capped at what torch needs plus 1 GiB; the rung's weights alone
+    are 2.4 GB, so building it fails at once (no training, no heavy compute)."""
+    import resource
+    import subprocess
+    import sys
+
+    from helpers import env_with_venv
+
+    probe = ("import stages.model, stages.params, stages.report, re; "  # what validate imports
+             "print(re.search(r'VmSize:\\s+(\\d+)', open('/proc/self/status').read())[1])")
+    base_kib = int(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                  env=env_with_venv(), check=True).stdout)
+    cap = (base_kib << 10) + (1 << 30)
+    huge = {**TINY_PARAMS, "decoders": {"huge": {"family": "pixelcnn", "channels": 1024, "n_layers": 64}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(huge))
+    command = [sys.executable, "-m", "stages", "validate", "--params", str(tmp_path / "params.yaml")]
+    proc = subprocess.run(command,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)),
+                          capture_output=True, text=True, env=env_with_venv(), timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "error: out of memory in `vae-study validate`" in proc.stderr
+    assert "lower the rung's channels or n_layers" in proc.stderr
 
 
 def test_cli_refuses_bad_params_with_one_message_and_no_traceback(tmp_path):

@@ -48,7 +48,7 @@ def built(tmp_path_factory) -> Path:
     """The tiny study after one full `dvc repro`, committed."""
     root = make_project(tmp_path_factory.mktemp("built") / "study", PARAMS)
     out = dvc(root, "repro").stdout
-    assert set(ran_stages(out)) == {"binarize", *TRAIN, *EVALUATE, "report"}
+    assert set(ran_stages(out)) == {"validate", "binarize", *TRAIN, *EVALUATE, "report"}
     sh(root, "git", "add", "-A")
     sh(root, "git", "commit", "-q", "-m", "results")
     return root
@@ -106,6 +106,8 @@ def test_dvc_yaml_writes_where_the_code_expects(built):
     assert [expand(o) for o in stages["evaluate"]["outs"]] == [str(layout.eval_dir("RUNG", 7))]
     assert [expand(m) for m in stages["evaluate"]["metrics"]] == [str(layout.metrics("RUNG", 7))]
     assert stages["binarize"]["outs"] == [str(layout.binarized)]
+    assert stages["validate"]["outs"] == [str(layout.params_stamp)]
+    assert str(layout.params_stamp) in stages["binarize"]["deps"]  # upstream of every params reader
 
 
 def test_the_modules_that_define_defaults_are_deps_of_the_stages_that_use_them():
@@ -118,7 +120,7 @@ def test_the_modules_that_define_defaults_are_deps_of_the_stages_that_use_them()
 
 def test_editing_one_decoder_reruns_exactly_its_stages_and_the_report(study):
     edit_params(study, lambda p: p["decoders"]["pixelcnn_2"].update(channels=6))
-    marked = stage_status(study)
+    marked = stage_status(study) - {"validate"}  # which reruns on every edit, changing no output
     expected = {"train@pixelcnn_2-0", "train@pixelcnn_2-1", "evaluate@pixelcnn_2-0",
                 "evaluate@pixelcnn_2-1", "report"}
     assert marked == expected
@@ -127,14 +129,14 @@ def test_editing_one_decoder_reruns_exactly_its_stages_and_the_report(study):
 
 def test_editing_evaluation_keys_reruns_only_evaluation_and_the_report(study):
     edit_params(study, lambda p: p["evaluate"].update(k=16))
-    marked = stage_status(study)
+    marked = stage_status(study) - {"validate"}
     assert marked == EVALUATE
     assert downstream(study, marked) == EVALUATE | {"report"}
 
 
 def test_editing_binarization_reruns_everything_downstream(study):
     edit_params(study, lambda p: p["binarize"].update(seed=3))
-    marked = stage_status(study)
+    marked = stage_status(study) - {"validate"}
     assert marked == {"binarize"}
     assert downstream(study, marked) == {"binarize", *TRAIN, *EVALUATE, "report"}
 
@@ -142,9 +144,9 @@ def test_editing_binarization_reruns_everything_downstream(study):
 def test_adding_a_decoder_adds_its_stages_and_reruns_only_the_report(study):
     edit_params(study, lambda p: p["decoders"].update(mlp={"family": "mlp", "hidden": [16]}))
     new = {"train@mlp-0", "train@mlp-1", "evaluate@mlp-0", "evaluate@mlp-1"}
-    assert stage_status(study) == new | {"report"}
+    assert stage_status(study) == new | {"validate", "report"}
     out = dvc(study, "repro").stdout
-    assert set(ran_stages(out)) == new | {"report"}
+    assert set(ran_stages(out)) == new | {"validate", "report"}
     assert "mlp" in (study / "reports/results.csv").read_text()
 
 
@@ -192,7 +194,7 @@ def test_a_collaborator_pulls_instead_of_recomputing(study, tmp_path):
     (other / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     out = dvc(other, "repro", "--pull").stdout
     assert ran_stages(out) == ["report"]
-    assert out.count("is cached - skipping run") == len(TRAIN | EVALUATE) + 1  # + binarize
+    assert out.count("is cached - skipping run") == len(TRAIN | EVALUATE) + 2  # + validate, binarize
     assert metrics(other) == metrics(study)
     assert (other / "reports/results.csv").read_bytes() == (study / "reports/results.csv").read_bytes()
 
@@ -296,7 +298,7 @@ def test_the_paper_profile_validates_and_expands_into_the_expected_stages(study)
     assert paper.binarize.train_subset is None and paper.binarize.valid_size == 10000
     assert all(r.decoder.gated for n, r in paper.decoders.items() if r.family == "pixelcnn")
     names = set(dvc(study, "stage", "list", "--name-only").stdout.split())
-    expected = {"download", "binarize", "report"}
+    expected = {"validate", "download", "binarize", "report"}
     expected |= {f"{stage}@{rung}-{seed}" for stage in ("train", "evaluate")
                  for rung in paper.decoders for seed in paper.seeds}
     assert names == expected
@@ -358,7 +360,8 @@ def test_a_named_study_reproduces_into_its_own_folders_leaving_the_default_untou
 
     out = dvc(study, "repro", "profiles/tiny/dvc.yaml").stdout
     ran = set(ran_stages(out))
-    assert ran == {f"profiles/tiny/dvc.yaml:{s}" for s in ("binarize", *TRAIN, *EVALUATE, "report")}
+    assert ran == {f"profiles/tiny/dvc.yaml:{s}"
+                   for s in ("validate", "binarize", *TRAIN, *EVALUATE, "report")}
     assert {p: (study / p).read_bytes() for p in before} == before
     layout = Layout(study, "tiny")
     assert all(layout.model(r, s).exists() for r in RUNGS for s in PARAMS["seeds"])
