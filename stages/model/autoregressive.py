@@ -7,15 +7,16 @@ Neural Networks"). A family (`stages.model.pixelcnn`: one masked stack, with the
 
 - `_input(x)`: the first layer's pre-activations, a function of x alone (computed once per image
   when K latents are scored);
-- `_logits_from_input(a0, conds)`: the rest of the network, given what z adds to every layer;
-- `causal_support(start)`: its stack geometry, written once against the `Support` algebra, from
+- `_logits_from_input(a0, context)`: the rest of the network, given what every stack reads of z;
+- `causal_support(start)`: its stack geometry, written once against a support type
+  (`OffsetSupport` on an unbounded image, `GridSupport` on the 28x28 one), from
   which both the power measure (`receptive_field`, the count on an unbounded image) and the
   share of the 28x28 raster past that is seen (`raster_share`) are computed exactly.
 
 The z pathway (`ZPathway`) is the same for every autoregressive rung: z -> `ConvTrunk` (the
-factorized conv decoder's transposed convolutions, a (C,28,28) map) -> one 1x1 convolution
-whose output is split into one map per conditioned stack of every layer (PixelVAE, Gulrajani et
-al. 2017, Sec. 3), or, as a comparison, z -> a linear layer -> a per-channel bias (the global
+factorized conv decoder's transposed convolutions, a (C,28,28) map) -> one 1x1 convolution per
+conditioned stack of every layer, fused with its add (PixelVAE, Gulrajani et al. 2017, Sec. 3),
+or, as a comparison, z -> a linear layer -> a per-channel bias (the global
 conditioning of van den Oord et al. 2016b, Eq. 4).
 """
 
