@@ -29,7 +29,8 @@ from stages.runtime import Precision
 METRIC_KEYS = {"nll_iw_nats", "nll_iw_stderr_nats", "iw_k", "n_test", "nll_elbo_nats", "kl_nats",
                "rec_nats", "bound_gap_nats", "mi_nats", "mi_cap_nats", "active_units", "probe_accuracy",
                "seconds"}
-PER_IMAGE_COLUMNS = ["test_index", "log_px_iw_nats", "elbo_nats"]
+PER_IMAGE_COLUMNS = ["test_index", "log_px_iw_nats", "elbo_nats", "log_px_given_z_nats",
+                     "log_px_independent_nats"]
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +116,13 @@ def test_per_image_estimates_average_to_the_reported_metrics(study):
     assert per_image.test_index.dtype.kind == "i"
     assert per_image.log_px_iw_nats.mean() == pytest.approx(-metrics["nll_iw_nats"], abs=1e-5)
     assert per_image.elbo_nats.mean() == pytest.approx(-metrics["nll_elbo_nats"], abs=1e-5)
+    assert per_image.log_px_given_z_nats.mean() == pytest.approx(-metrics["rec_nats"], abs=1e-5)
+    # independent pixels at the (add-one smoothed) training means, scored on the same images
+    splits = load_splits(layout.binarized)
+    p = (splits["train"].x.double().sum(0) + 1) / (len(splits["train"]) + 2)  # (1,28,28)
+    x = splits["test"].x[int(per_image.test_index[0])].double()
+    expected = float((x * p.log() + (1 - x) * (-p).log1p()).sum())
+    assert per_image.log_px_independent_nats[0] == pytest.approx(expected, abs=1e-6)
     stderr = per_image.log_px_iw_nats.std(ddof=1) / math.sqrt(len(per_image))
     assert stderr == pytest.approx(metrics["nll_iw_stderr_nats"], rel=1e-4)
     assert per_image.log_px_iw_nats.std() > 0.1  # one value per image, not the mean repeated

@@ -321,6 +321,24 @@ def test_a_corrupt_input_is_a_data_error(tmp_path, victim):
     assert not layout.reports.exists()
 
 
+def test_a_report_never_mixes_evaluations_and_names_the_run_that_differs(tmp_path):
+    """One run scored at another K (or on another number of test images) is named with its file;
+    a per-image table cut short is named as truncated, not as 'other test images'."""
+    params, layout = make_project(tmp_path)
+    path = layout.metrics("conv", 0)
+    path.write_text(path.read_text().replace(f'"iw_k": {K}', '"iw_k": 20000'))
+    with pytest.raises(DataError) as err:
+        report.run(params, layout)
+    assert f"K = {K} for 5 runs, but `conv` seed 0 (K = 20,000; {path})" in str(err.value)
+    path.write_text(path.read_text().replace('"iw_k": 20000', f'"iw_k": {K}'))
+    table = layout.per_image("pixelcnn_2", 0)
+    table.write_text("\n".join(table.read_text().splitlines()[:200]) + "\n")  # a truncated write
+    with pytest.raises(DataError, match=rf"{re.escape(str(table))} has 199 rows but .* says {N_TEST} test "
+                                        r"images \(truncated"):
+        report.run(params, layout)
+    assert not layout.reports.exists()
+
+
 def test_paper_scale_is_decided_from_the_data_and_text_is_escaped(tmp_path):
     """Full split, full schedule, K >= 5000 on all 10,000 test images: comparable; text escaped."""
     params, layout = make_project(tmp_path)
@@ -330,6 +348,8 @@ def test_paper_scale_is_decided_from_the_data_and_text_is_escaped(tmp_path):
     for rung in LADDER:
         metrics = json.loads(layout.metrics(rung, 0).read_text())
         layout.metrics(rung, 0).write_text(json.dumps({**metrics, "iw_k": 5000, "n_test": 10000}))
+        per_image = pd.read_csv(layout.per_image(rung, 0))  # every test image, as evaluate writes them
+        pd.concat([per_image] * 20).assign(test_index=range(10000)).to_csv(layout.per_image(rung, 0), index=False)
         rescale_epochs(layout, rung, lambda e: e * 50)
     published = pd.read_csv(layout.reference)
     published.loc[0, "model"] = "<b>Conv</b> & co"
@@ -350,11 +370,11 @@ def test_paper_scale_is_decided_from_the_data_and_text_is_escaped(tmp_path):
         rescale_epochs(layout, rung, lambda e: e // 2)
     data = report.collect(params, layout)
     assert report.paper_scale(data, report.summarize(data, 1.0))[0] is False  # 75 epochs
-    # one rung short of the full test set: small-scale again
+    # one rung on another test set: not a mixed report that passes for paper scale, a refusal
     metrics = json.loads(layout.metrics("mlp", 0).read_text())
     layout.metrics("mlp", 0).write_text(json.dumps({**metrics, "n_test": 9999}))
-    data = report.collect(params, layout)
-    assert report.paper_scale(data, report.summarize(data, 1.0))[0] is False
+    with pytest.raises(DataError, match=r"but `mlp` seed 0 \(test images = 9,999"):
+        report.collect(params, layout)
 
 
 def test_reruns_give_identical_bytes(tmp_path, rendered):

@@ -145,6 +145,7 @@ def collect(params: StudyParams, layout: Layout) -> ReportData:
                 raise DataError(f"report: {layout.eval_images(r, s)} holds arrays of shapes {shapes}, "
                                 f"expected (n,28,28) each; {_fix(layout.eval_images(r, s), stage)}")
             runs[(r, s)] = run
+    check_one_evaluation(runs, layout)
     first = runs[(next(iter(params.decoders)), params.seeds[0])]
     for (r, s), run in runs.items():  # evaluate's settings are shared: outputs must agree
         stage = f"evaluate@{r}-{s}"
@@ -163,6 +164,26 @@ def collect(params: StudyParams, layout: Layout) -> ReportData:
     except (OSError, ValueError, TypeError):
         sources = None
     return ReportData(params, runs, summary, published, sources)
+
+
+def check_one_evaluation(runs: dict[tuple[str, int], Run], layout: Layout) -> None:
+    """Every run scored with the same K on the same number of test images, and each run's
+    per-image table as long as its metrics say: a report never mixes evaluations, and names the
+    runs that differ from the rest (or whose files disagree with each other)."""
+    for key, label in (("iw_k", "K"), ("n_test", "test images")):
+        values = pd.Series({run_key: int(run.metrics[key]) for run_key, run in runs.items()})
+        if values.nunique() > 1:
+            usual = int(values.mode().iloc[0])
+            odd = [f"`{r}` seed {s} ({label} = {v:,}; {layout.metrics(r, s)})"
+                   for (r, s), v in values.items() if v != usual]
+            raise DataError(f"report: the runs were not evaluated alike: {label} = {usual:,} for "
+                            f"{int((values == usual).sum())} runs, but {'; '.join(odd)}; rerun their "
+                            "evaluate stages with one evaluate section (`dvc repro`)")
+    for (r, s), run in runs.items():
+        if len(run.per_image) != int(run.metrics["n_test"]):
+            raise DataError(f"report: {layout.per_image(r, s)} has {len(run.per_image)} rows but "
+                            f"{layout.metrics(r, s)} says {int(run.metrics['n_test'])} test images "
+                            f"(truncated, or from another evaluation); {_fix(layout.per_image(r, s), f'evaluate@{r}-{s}')}")
 
 
 def read_baseline(path: Path) -> pd.DataFrame:
