@@ -115,6 +115,20 @@ def dvc(cwd: Path, *args: str, check: bool = True, timeout: float = 600):
     return sh(cwd, sys.executable, "-m", "dvc", *args, check=check, timeout=timeout)
 
 
+def built_study(root: Path, params: dict) -> tuple[Path, str]:
+    """make_project, one full `dvc repro` and a commit of its results: (root, repro's stdout)."""
+    root = make_project(root, params)
+    out = dvc(root, "repro").stdout
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-q", "-m", "results")
+    return root, out
+
+
+def private_copy(built: Path, tmp_path: Path) -> Path:
+    """A copy of a built study, git history and DVC cache included, for a test to change."""
+    return Path(shutil.copytree(built, tmp_path / "copy", symlinks=True))
+
+
 def make_project(root: Path, params: dict) -> Path:
     """A git + DVC project with this repo's pipeline, the given params and synthetic raw data
     committed as the download stage's output; the download stage is frozen (no network)."""

@@ -91,17 +91,24 @@ def test_pixelcnn_receptive_field_grows_with_depth():
     assert seen(1) < seen(2) < seen(4)
 
 
+def gradient_support(dec, pixel: int, draws: int = 6) -> torch.Tensor:
+    """(784,) bool: the input pixels with a nonzero gradient of one logit, over a few draws of
+    (x, z) so that a unit that happens to be off for one draw hides nothing."""
+    seen = torch.zeros(784, dtype=torch.bool)
+    for i in range(draws):
+        x = binary_images(1, seed=i).requires_grad_(True)
+        dec.logits(x, torch.randn(1, D)).flatten()[pixel].backward()
+        seen |= x.grad.flatten() != 0
+    return seen
+
+
 @pytest.mark.parametrize("layers", [(3, 1), (5, 1), (7, 1), (7, 3), (3, 4)])
 def test_receptive_field_counts_exactly_the_pixels_a_logit_depends_on(layers):
     """The power measure equals the pixels with a nonzero gradient, over a few draws of (x, z)
     so that a ReLU of the head that happens to be off for one draw hides nothing."""
     first, n_layers = layers
     dec = decoder("pixelcnn", n_layers=n_layers, first_kernel_size=first, gated=True)
-    seen = torch.zeros(1, 1, 28, 28, dtype=torch.bool)
-    for i in range(8):
-        x = binary_images(1, seed=i).requires_grad_(True)
-        dec.logits(x, torch.randn(1, D)).flatten()[27 * 28 + 14].backward()  # bottom row, centre
-        seen |= x.grad != 0
+    seen = gradient_support(dec, 27 * 28 + 14, draws=8)  # bottom row, centre
     assert int(seen.sum()) == dec.receptive_field
     assert decoder("conv").receptive_field == 0
 
@@ -181,17 +188,6 @@ def test_pixelcnn_config_defaults_are_the_documented_architecture():
     config = PixelCNNDecoder.Config()
     assert (config.first_kernel_size, config.kernel_size) == (7, 3)
     assert config.z_pathway == "spatial"
-
-
-def gradient_support(dec, pixel: int, draws: int = 6) -> torch.Tensor:
-    """(784,) bool: the input pixels with a nonzero gradient of one logit, over a few draws of
-    (x, z) so that a unit that happens to be off for one draw hides nothing."""
-    seen = torch.zeros(784, dtype=torch.bool)
-    for i in range(draws):
-        x = binary_images(1, seed=i).requires_grad_(True)
-        dec.logits(x, torch.randn(1, D)).flatten()[pixel].backward()
-        seen |= x.grad.flatten() != 0
-    return seen
 
 
 EDGES = (0, 1, 27, 28, 29, 55, 56, 400, 419, 27 * 28, 783)  # corners, both edges, row starts, the middle

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, TINY_PARAMS, dvc, make_project, ran_stages, sh, stage_status
+from helpers import REPO, TINY_PARAMS, built_study, dvc, private_copy, ran_stages, sh, stage_status
 
 pytestmark = pytest.mark.slow
 
@@ -24,16 +24,12 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     """The tiny study (one seed) after one full `dvc repro`, committed."""
-    root = make_project(tmp_path_factory.mktemp("safety") / "study", TINY_PARAMS)
-    dvc(root, "repro")
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-q", "-m", "results")
-    return root
+    return built_study(tmp_path_factory.mktemp("safety") / "study", TINY_PARAMS)[0]
 
 
 @pytest.fixture
 def study(built, tmp_path) -> Path:
-    return Path(shutil.copytree(built, tmp_path / "copy", symlinks=True))
+    return private_copy(built, tmp_path)
 
 
 def write_params(root: Path, raw: dict, extra: str = "") -> None:

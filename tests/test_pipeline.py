@@ -20,10 +20,11 @@ import yaml
 from helpers import (
     REPO,
     TINY_PARAMS,
+    built_study,
     downstream,
     dvc,
     env_with_venv,
-    make_project,
+    private_copy,
     ran_stages,
     sh,
     stage_status,
@@ -46,18 +47,15 @@ EVALUATE = {f"evaluate@{r}-{s}" for r in RUNGS for s in PARAMS["seeds"]}
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> Path:
     """The tiny study after one full `dvc repro`, committed."""
-    root = make_project(tmp_path_factory.mktemp("built") / "study", PARAMS)
-    out = dvc(root, "repro").stdout
+    root, out = built_study(tmp_path_factory.mktemp("built") / "study", PARAMS)
     assert set(ran_stages(out)) == {"validate", "binarize", *TRAIN, *EVALUATE, "report"}
-    sh(root, "git", "add", "-A")
-    sh(root, "git", "commit", "-q", "-m", "results")
     return root
 
 
 @pytest.fixture
 def study(built, tmp_path) -> Path:
     """A private copy of the built study (git history and DVC cache included)."""
-    return Path(shutil.copytree(built, tmp_path / "copy", symlinks=True))
+    return private_copy(built, tmp_path)
 
 
 def edit_params(root: Path, change) -> None:
