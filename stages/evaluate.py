@@ -14,13 +14,22 @@ per_image.csv (test_index into the full test split; per image the IW estimate lo
 and the ELBO, whose means are -nll_iw_nats and -nll_elbo_nats; E_q[log p(x|z)], which for a
 decoder without z is its exact log p(x); and log p(x) under independent pixels with the
 training means, the decoder alone of a factorized rung), images.npz and info.json.
+
+One evaluation's files are all new or all old: the eval folder is written whole in a temp folder
+and swapped in, then the metrics; info.json carries the digest of the metrics it was written
+with (`metrics_sha256`), so a metrics file from another evaluation is caught, and the digest of
+the code that evaluated (`code_sha256`: every source file of EVALUATION_CODE, each a dependency
+of the evaluate stage in dvc.yaml), so a report never mixes runs scored by different code.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +42,7 @@ from stages.data import Split, load_splits
 from stages.errors import DataError
 from stages.estimators import (active_units, independent_pixel_log_prob, iw_log_likelihood, k_checkpoints,
                                mi_cap, mutual_information)
-from stages.fsutil import ensure_writable_dir, write_csv, write_json, write_npz
+from stages.fsutil import atomic_dir, ensure_writable_dir, write_csv, write_json, write_npz, write_text
 from stages.layout import Layout
 from stages.model import VAE
 from stages.params import EvaluateConfig, StudyParams
@@ -41,6 +50,11 @@ from stages.probe import sampled_probe_accuracy
 from stages.runtime import Precision, derive_seed, generator, resolve_device, resolve_precision
 
 PROBE_STREAM, MI_STREAM, SAMPLE_STREAM, SUBSET_STREAM = 1, 2, 3, 4
+STAGES = Path(__file__).resolve().parent
+# The code an evaluation's numbers depend on, relative to stages/: each is a dependency of the
+# evaluate stage in dvc.yaml (a test checks), so DVC reruns every evaluation when it changes.
+EVALUATION_CODE = ("evaluate.py", "estimators.py", "probe.py", "model", "params.py", "data.py",
+                   "runtime.py", "checkpoint.py")
 
 
 @dataclass
@@ -183,6 +197,22 @@ def show_images(model: VAE, test: Split, config: EvaluateConfig,
             "sample_probs": arr(probs[n:]).astype(np.float16)}
 
 
+def code_sha256(root: Path = STAGES) -> str:
+    """sha256 over the path and bytes of every .py file of EVALUATION_CODE under `root`."""
+    digest = hashlib.sha256()
+    for name in EVALUATION_CODE:
+        path = root / name
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            data = f.read_bytes()
+            digest.update(f"{f.relative_to(root).as_posix()}\0{len(data)}\0".encode() + data)
+    return digest.hexdigest()
+
+
+def metrics_text(metrics: dict) -> str:
+    """The metrics file's exact text: what info.json's metrics_sha256 is taken over."""
+    return json.dumps(metrics, indent=2) + "\n"
+
+
 def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: bool = True) -> dict:
     """The stage: check checkpoint and outputs, evaluate, write every output atomically."""
     rung, config = params.rung(decoder), params.evaluate
@@ -196,14 +226,17 @@ def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: 
     print(f"evaluate {decoder} seed {seed}: K={config.k} on {n_test} random test images "
           f"(evaluate.seed {config.seed}), {precision.device} ({precision.name})", flush=True)
     result = evaluate_model(model, splits["test"], splits["train"], config, precision, progress)
+    text = metrics_text(result.metrics)
     info = {**result.info, "seed": seed, "best_epoch": state["epoch"],
-            "valid_elbo_nats": state["valid_elbo_nats"], "valid_kl_nats": state["valid_kl_nats"]}
-    write_csv(layout.k_curve(decoder, seed), result.k_curve)
-    write_csv(layout.latent_dims(decoder, seed), result.per_dim)
-    write_csv(layout.per_image(decoder, seed), result.per_image)
-    write_npz(layout.eval_images(decoder, seed), result.images)
-    write_json(layout.eval_info(decoder, seed), info)
-    write_json(metrics_path, result.metrics)
+            "valid_elbo_nats": state["valid_elbo_nats"], "valid_kl_nats": state["valid_kl_nats"],
+            "code_sha256": code_sha256(), "metrics_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    with atomic_dir(eval_dir) as tmp:  # the folder whole, then the metrics it belongs to
+        write_csv(tmp / layout.k_curve(decoder, seed).name, result.k_curve)
+        write_csv(tmp / layout.latent_dims(decoder, seed).name, result.per_dim)
+        write_csv(tmp / layout.per_image(decoder, seed).name, result.per_image)
+        write_npz(tmp / layout.eval_images(decoder, seed).name, result.images)
+        write_json(tmp / layout.eval_info(decoder, seed).name, info)
+    write_text(metrics_path, text)
     m = result.metrics
     print(f"{decoder} s{seed}: NLL_IW {m['nll_iw_nats']:.2f} +- {m['nll_iw_stderr_nats']:.2f}, "
           f"-ELBO {m['nll_elbo_nats']:.2f}, KL {m['kl_nats']:.2f}, MI {m['mi_nats']:.2f} "

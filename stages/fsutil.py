@@ -10,6 +10,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -93,3 +94,34 @@ def write_npz(target: str | Path, arrays: dict[str, Any]) -> None:
     with atomic_path(target) as tmp:
         with open(tmp, "wb") as f:  # a file object: np.savez must not append ".npz"
             np.savez_compressed(f, **arrays)
+
+
+@contextlib.contextmanager
+def atomic_dir(target: str | Path) -> Iterator[Path]:
+    """Yield an empty temp folder beside `target`; on success it replaces `target` whole.
+
+    The folder's files are all new or all old: a failure while they are written leaves the old
+    folder untouched. The swap is two renames (old folder aside, new one in), so a kill between
+    them leaves no folder under the target's name, never a mix; the old one is deleted last.
+    """
+    target = Path(target)
+    ensure_writable_dir(target.parent)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        tmp.chmod(0o777 & ~mask)  # what mkdir would give, where mkdtemp gives 0o700
+        old = None
+        if target.exists():
+            old = tmp.with_suffix(".old")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise output_error(target, e) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

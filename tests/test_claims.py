@@ -306,3 +306,32 @@ def test_claims_serialise_to_plain_json():
     c = claims.Claim("x", "t", {"a": NAN, "b": pd.Series([1.5]).iloc[0], "c": [True, NAN]})
     assert json.loads(json.dumps(c.plain())) == {"text": "t", "numbers": {"a": None, "b": 1.5,
                                                                           "c": [True, None]}}
+
+
+def with_z(results: pd.DataFrame, elbo_gaps: list[float], std: float = 0.1) -> pd.DataFrame:
+    return results.merge(z_table(results, elbo_gaps, std), on="rung", how="left")
+
+
+def test_the_top_with_training_says_whether_kl_and_what_z_adds_shrink_hold_or_grow():
+    """The strongest shared trend rung, baseline -> this study, each change judged by two
+    combined seed std; a side rung stronger than the top is never the top."""
+    roles = [claims.TREND] * 4 + [claims.COMPARISON]
+    baseline = with_z(table([20.0, 9.0, 3.0, 1.9, 0.5], std=[0.2] * 5, roles=roles), [30.0, 5.0, 1.0, -0.9])
+    longer = with_z(table([21.0, 10.0, 4.0, 3.4, 0.1], std=[0.2] * 5, roles=roles), [30.0, 5.0, 1.0, -0.2])
+    grew = zadds.top_with_training(longer, baseline, "the default study")
+    assert grew.numbers["rung"] == "r3" and grew.numbers["kl_change"] == "grew"
+    assert "the KL the VAE keeps grew beyond two combined seed std: 1.90 ± 0.20 -> 3.40 ± 0.20" in grew.text
+    assert grew.numbers["z_adds_elbo_change"] == "grew"  # -0.9 -> -0.2: 0.7 > 2 * hypot(0.1, 0.1)
+    assert "collapse against the VAE's own ELBO: collapse is the better ELBO -> within noise" in grew.text
+
+    held = zadds.top_with_training(with_z(table([21.0, 10.0, 4.0, 2.2, 0.1], std=[0.2] * 5, roles=roles),
+                                          [30.0, 5.0, 1.0, -0.95]), baseline, "b")
+    assert held.numbers["kl_change"] == "held" and held.numbers["z_adds_elbo_change"] == "held"
+    shrank = zadds.top_with_training(table([21.0, 10.0, 4.0, 0.4, 0.1], std=[0.2] * 5, roles=roles),
+                                     baseline, "b")
+    assert shrank.numbers["kl_change"] == "shrank" and "z_adds_iw_change" not in shrank.numbers
+    one_seed = baseline.assign(kl_nats_std=NAN)
+    assert zadds.top_with_training(longer, one_seed, "b").numbers["kl_change"] == "cannot"
+    older = baseline[["rung", "role", "power", "uses_z", "kl_nats", "kl_nats_std"]]  # no z-adds columns
+    assert "what z adds" not in zadds.top_with_training(longer, older, "b").text
+    assert zadds.top_with_training(longer, baseline[baseline["rung"] == "r4"], "b") is None

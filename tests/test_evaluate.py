@@ -275,3 +275,20 @@ def test_an_empty_binarized_file_is_a_clear_error(study, tmp_path):
     proc = run_stage(root, "evaluate", "linear")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "Aborted" not in proc.stderr
     assert f"{Layout(root).binarized}: not a readable binarized-MNIST file" in proc.stderr
+
+
+def test_the_code_digest_follows_exactly_the_code_dvc_tracks_for_evaluate(tmp_path):
+    """code_sha256 covers only dependencies of the evaluate stage (so DVC reruns an evaluation
+    whenever its digest would change, and a report never refuses runs DVC calls up to date),
+    and it changes with any of them."""
+    deps = yaml.safe_load((Path(__file__).resolve().parents[1] / "dvc.yaml").read_text()
+                          )["stages"]["evaluate"]["deps"]
+    assert all(f"stages/{name}" in deps for name in evaluate.EVALUATION_CODE), deps
+    copy = Path(shutil.copytree(evaluate.STAGES, tmp_path / "stages",
+                                ignore=shutil.ignore_patterns("__pycache__")))
+    assert evaluate.code_sha256(copy) == evaluate.code_sha256()
+    (copy / "report" / "page.py").write_text("# not evaluation code\n")
+    assert evaluate.code_sha256(copy) == evaluate.code_sha256()
+    with open(copy / "model" / "gated.py", "a") as f:
+        f.write("\n# an edit\n")
+    assert evaluate.code_sha256(copy) != evaluate.code_sha256()

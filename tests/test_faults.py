@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import os
 import re
 import resource
@@ -181,3 +183,32 @@ def test_a_full_disk_is_reported_as_such(trained, tmp_path):
         assert not [p for p in disk.rglob("*.tmp")]
     finally:
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_an_evaluation_failing_midway_leaves_the_earlier_one_whole(trained, tmp_path):
+    """A write failing after some of a new evaluation's files are written (a nearly full disk)
+    leaves every file of the earlier evaluation as it was, metrics included: never new files
+    beside old metrics, and no temp folder behind."""
+    params, layout = trained
+    root = Path(shutil.copytree(layout.root, tmp_path / "copy", symlinks=True))
+    copied = Layout(root)
+    eval_dir, metrics = copied.eval_dir("linear", 0), copied.metrics("linear", 0)
+    before, metrics_before = snapshot(eval_dir), metrics.read_bytes()
+    raw = yaml.safe_load((root / "params.yaml").read_text())
+    raw["evaluate"]["k"] = 4  # another evaluation: other numbers in every file
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    sizes = {name: len(data) for name, data in before.items()}
+    written_first = max(sizes["k_curve.csv"], sizes["latent_dims.csv"])  # evaluate writes these first
+    assert written_first + 200 < sizes["per_image.csv"], sizes
+    proc = run_stage_limited(root, ["evaluate", "linear"], file_size_limit=written_first + 200)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "cannot write" in proc.stderr and "File too large" in proc.stderr
+    assert snapshot(eval_dir) == before and metrics.read_bytes() == metrics_before, proc.stderr
+    assert not [p for p in eval_dir.parent.iterdir() if p.name != eval_dir.name]  # no temp folder
+
+    done = run_stage(root, "evaluate", "linear")  # the same evaluation with room: all new, whole
+    assert done.returncode == 0, done.stderr
+    assert snapshot(eval_dir)["k_curve.csv"] != before["k_curve.csv"]
+    info = json.loads((eval_dir / "info.json").read_text())
+    assert info["metrics_sha256"] == hashlib.sha256(metrics.read_bytes()).hexdigest()
+    assert info["code_sha256"] == evaluate.code_sha256()

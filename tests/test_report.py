@@ -4,6 +4,7 @@ the real stage function and once by the real `vae-study report` command."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -19,6 +20,7 @@ import yaml
 
 from stages import report
 from stages.errors import DataError
+from stages.evaluate import code_sha256, metrics_text
 from stages.layout import Layout
 from stages.live import EpochLog, read_history
 from stages.params import parse_params
@@ -95,9 +97,6 @@ def write_run(layout: Layout, rung: str, seed: int, v: dict, family: str) -> Non
                "nll_elbo_nats": elbo, "kl_nats": v["kl"], "rec_nats": v["rec"],
                "bound_gap_nats": elbo - v["nll"], "mi_nats": v["mi"], "mi_cap_nats": math.log(50000 + N_TEST),
                "active_units": v["au"], "probe_accuracy": v["probe"], "seconds": 12.5}
-    path = layout.metrics(rung, seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(metrics))
     ev = layout.eval_dir(rung, seed)
     ev.mkdir(parents=True, exist_ok=True)
     difficulty = np.random.default_rng(3).normal(0, 15, N_TEST)  # the same images for every rung
@@ -129,8 +128,9 @@ def write_run(layout: Layout, rung: str, seed: int, v: dict, family: str) -> Non
         sample_probs=np.asarray(sample_probs, np.float16))
     info = {"precision": "fp32", "device": "cpu", "family": family, "uses_z": v["uses_z"],
             "n_params": 1000 + len(rung), "seed": seed, "best_epoch": 3,
-            "valid_elbo_nats": -elbo, "valid_kl_nats": v["kl"]}
+            "valid_elbo_nats": -elbo, "valid_kl_nats": v["kl"], "code_sha256": code_sha256()}
     (ev / "info.json").write_text(json.dumps(info))
+    set_metrics(layout, rung, seed, metrics)
     epochs = np.arange(1, 4)
     valid_kl = v["kl"] + (3 - epochs) * (2.0 if v["kl"] < 1 else -1.5)
     history = pd.DataFrame({"epoch": epochs, "images_seen": 2000 * epochs, "train_elbo_nats": -elbo - 10 / epochs,
@@ -142,6 +142,21 @@ def write_run(layout: Layout, rung: str, seed: int, v: dict, family: str) -> Non
     for row in history.to_dict("records"):
         epoch_log.log(row)
     epoch_log.close()
+
+
+def set_metrics(layout: Layout, rung: str, seed: int, metrics: dict) -> None:
+    """Write one run's metrics as its evaluation would: info.json records their digest."""
+    text = metrics_text(metrics)
+    layout.metrics(rung, seed).parent.mkdir(parents=True, exist_ok=True)
+    layout.metrics(rung, seed).write_text(text)
+    info = json.loads(layout.eval_info(rung, seed).read_text())
+    info["metrics_sha256"] = hashlib.sha256(text.encode()).hexdigest()
+    layout.eval_info(rung, seed).write_text(json.dumps(info))
+
+
+def update_metrics(layout: Layout, rung: str, seed: int, **changes) -> None:
+    """One run's metrics as an evaluation with those settings or numbers would have written them."""
+    set_metrics(layout, rung, seed, {**json.loads(layout.metrics(rung, seed).read_text()), **changes})
 
 
 def rescale_epochs(layout: Layout, rung: str, f) -> None:
@@ -326,17 +341,56 @@ def test_a_report_never_mixes_evaluations_and_names_the_run_that_differs(tmp_pat
     a per-image table cut short is named as truncated, not as 'other test images'."""
     params, layout = make_project(tmp_path)
     path = layout.metrics("conv", 0)
-    path.write_text(path.read_text().replace(f'"iw_k": {K}', '"iw_k": 20000'))
+    update_metrics(layout, "conv", 0, iw_k=20000)
     with pytest.raises(DataError) as err:
         report.run(params, layout)
     assert f"K = {K} for 5 runs, but `conv` seed 0 (K = 20,000; {path})" in str(err.value)
-    path.write_text(path.read_text().replace('"iw_k": 20000', f'"iw_k": {K}'))
+    update_metrics(layout, "conv", 0, iw_k=K)
     table = layout.per_image("pixelcnn_2", 0)
     table.write_text("\n".join(table.read_text().splitlines()[:200]) + "\n")  # a truncated write
     with pytest.raises(DataError, match=rf"{re.escape(str(table))} has 199 rows but .* says {N_TEST} test "
                                         r"images \(truncated"):
         report.run(params, layout)
     assert not layout.reports.exists()
+
+
+def test_metrics_from_another_evaluation_or_other_code_are_named_with_their_run(tmp_path):
+    """A metrics file that is not the one its eval folder was written with (an evaluation
+    interrupted between its writes, files of two runs mixed), and a run evaluated by other code,
+    are each refused with the run's own files named."""
+    params, layout = make_project(tmp_path, seeds=(0, 1))
+    path = layout.metrics("conv", 1)
+    path.write_text(path.read_text().replace('"kl_nats": 25.0', '"kl_nats": 24.0'))  # not rewritten whole
+    with pytest.raises(DataError, match=rf"{re.escape(str(path))} is not the metrics file that "
+                                        rf"{re.escape(str(layout.eval_info('conv', 1)))} was written with"):
+        report.run(params, layout)
+    update_metrics(layout, "conv", 1, kl_nats=25.0)
+    info_path = layout.eval_info("mlp", 0)
+    info = json.loads(info_path.read_text())
+    info_path.write_text(json.dumps({**info, "code_sha256": "0" * 64}))
+    with pytest.raises(DataError) as err:
+        report.run(params, layout)
+    assert (f"the evaluation code's sha256 = {code_sha256()[:12]} for 11 runs, but `mlp` seed 0 "
+            f"(the evaluation code's sha256 = 000000000000; {info_path})") in str(err.value)
+    assert not layout.reports.exists()
+
+
+def test_a_damaged_file_is_blamed_on_its_own_run_not_on_an_intact_one(tmp_path):
+    """The first run read is no yardstick: a truncated latent table of seed 0 names seed 0's
+    file; test digits that differ are named where they differ from the other runs."""
+    params, layout = make_project(tmp_path, seeds=(0, 1))
+    latent = layout.latent_dims("pixelcnn_2", 0)  # the first rung read
+    latent.write_text("\n".join(latent.read_text().splitlines()[:4]) + "\n")
+    with pytest.raises(DataError, match=rf"{re.escape(str(latent))} has 3 rows, but "
+                                        rf"encoder.latent_dim is {LATENT_DIM} \(truncated"):
+        report.run(params, layout)
+    write_run(layout, "pixelcnn_2", 0, LADDER["pixelcnn_2"][1], "pixelcnn")
+    images = layout.eval_images("pixelcnn_2", 0)
+    with np.load(images) as f:
+        arrays = {k: f[k] for k in f.files}
+    np.savez_compressed(images, **{**arrays, "x": 1 - arrays["x"]})
+    with pytest.raises(DataError, match=rf"{re.escape(str(images))} shows other test digits than the other runs"):
+        report.run(params, layout)
 
 
 def test_paper_scale_is_decided_from_the_data_and_text_is_escaped(tmp_path):
@@ -346,8 +400,7 @@ def test_paper_scale_is_decided_from_the_data_and_text_is_escaped(tmp_path):
     summary["train"]["n_images"] = 50000
     layout.binarized_summary.write_text(json.dumps(summary))
     for rung in LADDER:
-        metrics = json.loads(layout.metrics(rung, 0).read_text())
-        layout.metrics(rung, 0).write_text(json.dumps({**metrics, "iw_k": 5000, "n_test": 10000}))
+        update_metrics(layout, rung, 0, iw_k=5000, n_test=10000)
         per_image = pd.read_csv(layout.per_image(rung, 0))  # every test image, as evaluate writes them
         pd.concat([per_image] * 20).assign(test_index=range(10000)).to_csv(layout.per_image(rung, 0), index=False)
         rescale_epochs(layout, rung, lambda e: e * 50)
@@ -371,8 +424,7 @@ def test_paper_scale_is_decided_from_the_data_and_text_is_escaped(tmp_path):
     data = report.collect(params, layout)
     assert report.paper_scale(data, report.summarize(data, 1.0))[0] is False  # 75 epochs
     # one rung on another test set: not a mixed report that passes for paper scale, a refusal
-    metrics = json.loads(layout.metrics("mlp", 0).read_text())
-    layout.metrics("mlp", 0).write_text(json.dumps({**metrics, "n_test": 9999}))
+    update_metrics(layout, "mlp", 0, n_test=9999)
     with pytest.raises(DataError, match=r"but `mlp` seed 0 \(test images = 9,999"):
         report.collect(params, layout)
 

@@ -58,13 +58,15 @@ def study_claims(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
     per_seed = pd.DataFrame([{"rung": r, "seed": s, "kl_nats": run.metrics["kl_nats"]}
                              for (r, s), run in data.runs.items()])
     t = data.params.train
-    versus = (claims.versus_baseline(results, data.baseline, threshold,
-                                     baseline_label(data.baseline_path, data.baseline))
-              if data.baseline is not None else None)
+    versus = top = None
+    if data.baseline is not None:
+        label = baseline_label(data.baseline_path, data.baseline)
+        versus = claims.versus_baseline(results, data.baseline, threshold, label)
+        top = zadds.top_with_training(results, data.baseline, label)
     z_claims = (zadds.collapse_optimum(z_adds, results, threshold), zadds.what_z_adds(z_adds, results))
     return claims.all_claims(results, per_seed, history, k_curves, threshold,
                              claims.convergence(training_runs(data), results, t.patience,
-                                                t.min_delta_nats, t.epochs), versus, z_claims)
+                                                t.min_delta_nats, t.epochs), versus, top, z_claims)
 
 
 def build_figures(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,

@@ -475,14 +475,14 @@ def k_convergence(k_curves: pd.DataFrame, order: list[str]) -> Claim | None:
 
 def all_claims(results: pd.DataFrame, per_seed: pd.DataFrame, history: pd.DataFrame,
                k_curves: pd.DataFrame, threshold: float, convergence_claim: Claim | None = None,
-               versus: Claim | None = None,
+               versus: Claim | None = None, top_versus: Claim | None = None,
                z_claims: tuple[Claim | None, Claim | None] = (None, None)) -> list[Claim]:
     """Every claim the numbers support, in reading order. `z_claims`: where collapse becomes
     the ELBO's optimum (the headline, first) and what z adds rung by rung (stages.report.zadds)."""
     order = list(results.sort_values("power")["rung"])
     optimum, adds = z_claims
     claims = [optimum, power_trend(results, per_seed), kl_gone_at_top(results, per_seed),
-              verdicts(results, threshold), adds, versus, *pathway(results), convergence_claim,
+              verdicts(results, threshold), adds, versus, top_versus, *pathway(results), convergence_claim,
               training_order(results, history), probe(results), mutual_information(results),
               bound_gap(results), k_convergence(k_curves, order)]
     return [c for c in claims if c is not None]

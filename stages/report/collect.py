@@ -9,6 +9,7 @@ numbers came from (`git_revision`, `dvc_version`).
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import math
@@ -30,7 +31,7 @@ from stages.params import StudyParams
 METRICS = ("nll_iw_nats", "nll_iw_stderr_nats", "nll_elbo_nats", "kl_nats", "rec_nats",
            "bound_gap_nats", "mi_nats", "active_units", "probe_accuracy", "seconds")
 METRIC_KEYS = (*METRICS, "iw_k", "n_test", "mi_cap_nats")
-INFO_KEYS = ("family", "uses_z", "n_params", "best_epoch")
+INFO_KEYS = ("family", "uses_z", "n_params", "best_epoch", "code_sha256", "metrics_sha256")
 IMAGE_KEYS = ("x", "recon", "recon_probs", "samples", "sample_probs")
 K_CURVE_COLUMNS = ("k", "nll_iw_nats", "nll_iw_stderr_nats")
 LATENT_COLUMNS = ("dim", "kl_nats", "posterior_mean_variance", "active")
@@ -146,16 +147,19 @@ def collect(params: StudyParams, layout: Layout) -> ReportData:
                                 f"expected (n,28,28) each; {_fix(layout.eval_images(r, s), stage)}")
             runs[(r, s)] = run
     check_one_evaluation(runs, layout)
-    first = runs[(next(iter(params.decoders)), params.seeds[0])]
+    latent_dim = params.encoder.latent_dim
+    x_digest = pd.Series({key: hashlib.sha256(run.images["x"].tobytes()).hexdigest()
+                          for key, run in runs.items()})
+    usual_x = x_digest.mode().iloc[0]
     for (r, s), run in runs.items():  # evaluate's settings are shared: outputs must agree
         stage = f"evaluate@{r}-{s}"
-        if not np.array_equal(run.images["x"], first.images["x"]):
+        if x_digest[(r, s)] != usual_x:
             raise DataError(f"report: {layout.eval_images(r, s)} shows other test digits than the "
-                            f"other rungs (stale output?); {_fix(layout.eval_images(r, s), stage)}")
-        if len(run.latent) != len(first.latent):
-            raise DataError(f"report: {layout.latent_dims(r, s)} has {len(run.latent)} latent "
-                            f"dimensions, other rungs {len(first.latent)}; "
-                            f"{_fix(layout.latent_dims(r, s), stage)}")
+                            f"other runs (stale output?); {_fix(layout.eval_images(r, s), stage)}")
+        if len(run.latent) != latent_dim:
+            raise DataError(f"report: {layout.latent_dims(r, s)} has {len(run.latent)} rows, but "
+                            f"encoder.latent_dim is {latent_dim} (truncated, or from another "
+                            f"encoder); {_fix(layout.latent_dims(r, s), stage)}")
     summary = _read(layout.binarized_summary, "binarize", _json,
                     ("method", "train", "valid", "test"))
     published = _read(layout.reference, None, pd.read_csv, PUBLISHED_COLUMNS)
@@ -167,18 +171,31 @@ def collect(params: StudyParams, layout: Layout) -> ReportData:
 
 
 def check_one_evaluation(runs: dict[tuple[str, int], Run], layout: Layout) -> None:
-    """Every run scored with the same K on the same number of test images, and each run's
-    per-image table as long as its metrics say: a report never mixes evaluations, and names the
-    runs that differ from the rest (or whose files disagree with each other)."""
-    for key, label in (("iw_k", "K"), ("n_test", "test images")):
-        values = pd.Series({run_key: int(run.metrics[key]) for run_key, run in runs.items()})
+    """Every run scored with the same K on the same number of test images by the same code, and
+    each run's files from one evaluation (its metrics the ones its info.json was written with,
+    its per-image table as long as its metrics say): a report never mixes evaluations, and
+    names the runs that differ from the rest (or whose files disagree with each other)."""
+    for (r, s), run in runs.items():
+        metrics_path, stage = layout.metrics(r, s), f"evaluate@{r}-{s}"
+        if hashlib.sha256(metrics_path.read_bytes()).hexdigest() != run.info["metrics_sha256"]:
+            raise DataError(f"report: {metrics_path} is not the metrics file that "
+                            f"{layout.eval_info(r, s)} was written with (an evaluation interrupted "
+                            f"between its writes, or files of two runs mixed); {_fix(metrics_path, stage)}")
+    settings = (("iw_k", "K", lambda run: int(run.metrics["iw_k"]), "{:,}"),
+                ("n_test", "test images", lambda run: int(run.metrics["n_test"]), "{:,}"),
+                ("code_sha256", "the evaluation code's sha256", lambda run: str(run.info["code_sha256"]),
+                 "{:.12}"))
+    for key, label, read, form in settings:
+        values = pd.Series({run_key: read(run) for run_key, run in runs.items()})
         if values.nunique() > 1:
-            usual = int(values.mode().iloc[0])
-            odd = [f"`{r}` seed {s} ({label} = {v:,}; {layout.metrics(r, s)})"
+            usual = values.mode().iloc[0]
+            where = layout.metrics if key != "code_sha256" else layout.eval_info
+            odd = [f"`{r}` seed {s} ({label} = {form.format(v)}; {where(r, s)})"
                    for (r, s), v in values.items() if v != usual]
-            raise DataError(f"report: the runs were not evaluated alike: {label} = {usual:,} for "
-                            f"{int((values == usual).sum())} runs, but {'; '.join(odd)}; rerun their "
-                            "evaluate stages with one evaluate section (`dvc repro`)")
+            raise DataError(f"report: the runs were not evaluated alike: {label} = "
+                            f"{form.format(usual)} for {int((values == usual).sum())} runs, but "
+                            f"{'; '.join(odd)}; rerun their evaluate stages with one evaluate "
+                            "section and one checkout of the code (`dvc repro`)")
     for (r, s), run in runs.items():
         if len(run.per_image) != int(run.metrics["n_test"]):
             raise DataError(f"report: {layout.per_image(r, s)} has {len(run.per_image)} rows but "

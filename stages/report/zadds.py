@@ -181,3 +181,42 @@ def collapse_optimum(z_adds: pd.DataFrame, results: pd.DataFrame, threshold: flo
     return Claim("collapse_optimum", text, {
         "first_rung": first.rung, "rungs": list(better["rung"]), "exceptions_above": list(exceptions["rung"]),
         "elbo_gain_of_collapse_nats": -first.z_adds_elbo_nats, "kept": kept})
+
+
+def _moved(before: float, before_std: float, after: float, after_std: float) -> tuple[str, float]:
+    """How a mean moved between two studies: beyond two combined seed std, or within it."""
+    spread = 2 * math.hypot(before_std, after_std)
+    if pd.isna(spread):
+        return "cannot be judged (one seed: no spread)", spread
+    if abs(after - before) <= spread:
+        return "held (within two combined seed std)", spread
+    return ("grew" if after > before else "shrank") + " beyond two combined seed std", spread
+
+
+def top_with_training(results: pd.DataFrame, baseline: pd.DataFrame, label: str) -> Claim | None:
+    """At the strongest trend rung both studies share: did the KL kept, and what z adds, shrink,
+    hold or grow from the baseline to this study (trained and evaluated differently)?"""
+    t, theirs = claims.trend_rungs(results).sort_values("power"), baseline.set_index("rung")
+    shared = [r for r in t["rung"] if r in theirs.index and bool(theirs.loc[r, "uses_z"])]
+    if not shared:
+        return None
+    top = shared[-1]
+    a, b = theirs.loc[top], results.set_index("rung").loc[top]
+    kl_word, _ = _moved(a["kl_nats"], a["kl_nats_std"], b["kl_nats"], b["kl_nats_std"])
+    parts = [f"the KL the VAE keeps {kl_word}: {pm(a['kl_nats'], a['kl_nats_std'])} -> "
+             f"{pm(b['kl_nats'], b['kl_nats_std'])} nats"]
+    numbers: dict[str, Any] = {"rung": top, "kl_change": kl_word.split(" ")[0],
+                               "kl_nats": [a["kl_nats"], b["kl_nats"]]}
+    for key, words in (("z_adds_iw", "what z adds by IW"), ("z_adds_elbo", "by the ELBO")):
+        if f"{key}_nats" in theirs.columns and f"{key}_nats" in b.index and not pd.isna(a[f"{key}_nats"]) \
+                and not pd.isna(b[f"{key}_nats"]):
+            word, _ = _moved(a[f"{key}_nats"], a[f"{key}_std"], b[f"{key}_nats"], b[f"{key}_std"])
+            parts.append(f"{words} {word}: {pm(a[f'{key}_nats'], a[f'{key}_std'])} -> "
+                         f"{pm(b[f'{key}_nats'], b[f'{key}_std'])} nats")
+            numbers[f"{key}_change"] = word.split(" ")[0]
+            numbers[f"{key}_nats"] = [a[f"{key}_nats"], b[f"{key}_nats"]]
+    if "collapse" in theirs.columns and isinstance(a.get("collapse"), str) and isinstance(b.get("collapse"), str):
+        parts.append(f"collapse against the VAE's own ELBO: {a['collapse']} -> {b['collapse']}")
+    text = (f"At the top of the power axis, `{top}`, from the baseline ({label}) to this study "
+            "(mean ± std over seeds): " + "; ".join(parts) + ".")
+    return Claim("top_with_training", text, numbers)
