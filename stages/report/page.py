@@ -54,6 +54,13 @@ FIGURES = {  # name -> (title, caption); captions describe, the claims conclude
          "minus the VAE's NLL_IW, paired per test image; y, the VAE's KL. Mean ± std over seeds. "
          "Open markers: the collapsed solution's ELBO is not below the VAE's (better or within "
          "noise); filled: the VAE's ELBO is better.")),
+    "grid_heatmaps": (
+        "The grid: decoder power x training objective",
+        ("Rows: the objectives of the params' `objectives` section (the first, the plain ELBO, is "
+         "the reference); columns: the rungs with z in order of power. Left: KL; middle: the "
+         "mutual information I_q(x; z); right: the NLL_IW change against the reference cell of "
+         "the same power, paired per test image (red: worse likelihood). Mean and ± std over "
+         "seeds in each cell.")),
     "kl_training": (
         "KL and ELBO during training",
         ("Validation KL (left) and validation ELBO (right) against training images seen; lines "
@@ -119,6 +126,7 @@ class Page:
     title: str = TITLE
     baseline: Table | None = None  # this study's KL beside another study's, rung by rung
     z_adds: Table | None = None  # each rung beside its decoder alone
+    grid: list[Table] | None = None  # a grid study: its cells, and its top rung beside published remedies
     sources: str = "data/metrics, data/eval, data/history"
 
 
@@ -221,7 +229,7 @@ def setup_items(data: ReportData, results: pd.DataFrame, provenance: dict[str, s
     sources = sorted({v.get("source", "?") for v in (data.sources or {}).values() if isinstance(v, dict)})
     epochs = sorted({int(run.history["epoch"].max()) for run in data.runs.values()})
     objectives = [f"`{name}`: {rung.objective}" for name, rung in p.decoders.items()
-                  if rung.objective.kl_warmup_steps or rung.objective.free_bits]
+                  if not rung.objective.is_elbo]
     ks, tests = sorted(set(results["iw_k"])), sorted(set(results["n_test"]))
     devices = sorted({f"{run.info.get('precision', '?')} on {run.info.get('device', '?')}"
                       for run in data.runs.values()})
@@ -303,8 +311,29 @@ def ladder_table(data: ReportData, results: pd.DataFrame) -> Table:
                  "gated_pixelcnn). Parameters include the encoder.")
 
 
+def grid_tables(data: ReportData, cells: pd.DataFrame) -> list[Table]:
+    """The grid's cells, and its strongest rung per objective beside published remedies."""
+    from stages.report.grid import top_beside_published  # the grid's own module, only for a grid
+
+    reference = next(iter(data.params.objectives))
+    rows = [[f"`{r.rung}`", f"`{r.objective}`", pm(r.kl_nats, r.kl_nats_std), pm(r.mi_nats, r.mi_nats_std),
+             pm(r.nll_iw_nats, r.nll_iw_nats_std),
+             "reference" if r.objective == reference else pm(r.nll_change_nats, r.nll_change_std),
+             "" if pd.isna(r.z_adds_iw_nats) else pm(r.z_adds_iw_nats, r.z_adds_iw_std)]
+            for r in cells.itertuples()]
+    header, top = top_beside_published(cells, data.remedies)
+    return [Table(["rung", "objective", "KL (nats)", "MI (nats)", "NLL_IW (nats)",
+                   f"NLL_IW change vs `{reference}`", "what z adds by IW"], rows,
+                  "Every cell of the grid, mean ± std over seeds; the NLL_IW change and what z adds "
+                  "(NLL of the decoder alone minus NLL_IW) are paired per test image."),
+            Table(header, top, "The strongest rung under each objective beside published numbers of "
+                  "the same remedy (reference/remedies.csv): other data, decoders and training "
+                  "scales, shown for orientation, not as a comparison.")]
+
+
 def build(data: ReportData, results: pd.DataFrame, found: list[claims.Claim], scale: tuple[bool, str],
-          provenance: dict[str, str], figure_names: list[str], layout: Layout | None = None) -> Page:
+          provenance: dict[str, str], figure_names: list[str], layout: Layout | None = None,
+          cells: pd.DataFrame | None = None) -> Page:
     paper, scale_text = scale
     if paper:
         note = [(f"This run is paper-scale ({scale_text}): its numbers are comparable with the "
@@ -329,6 +358,7 @@ def build(data: ReportData, results: pd.DataFrame, found: list[claims.Claim], sc
                 ladder_table(data, results), f"{TITLE}: the {study} study" if study else TITLE,
                 baseline_table(results, found, data.baseline) if data.baseline is not None else None,
                 z_adds_table(results),
+                grid_tables(data, cells) if cells is not None and not cells.empty else None,
                 ", ".join(f"{data_dir}/{d}" for d in ("metrics", "eval", "history")))
 
 
@@ -355,6 +385,8 @@ def markdown(page: Page) -> str:
              "## What the numbers show", "\n".join(f"- {s}" for s in page.findings),
              f"![{head[1]}](figures/{head[0]}.png)\n\n*{head[2]}* ([SVG](figures/{head[0]}.svg))",
              "## Results", _md_table(page.results)]
+    if page.grid is not None:
+        parts += ["## The grid: power x objective", *(_md_table(t) for t in page.grid)]
     if page.z_adds is not None:
         parts += ["## What z adds, rung by rung", _md_table(page.z_adds)]
     if page.baseline is not None:
@@ -405,6 +437,8 @@ def html(page: Page, figure_dir: Path) -> str:
         + "".join(f"<li>{_inline(s)}</li>" for s in page.findings) + "</ul>",
         _html_figure(*head, figure_dir),
         "<h2>Results</h2>" + _html_table(page.results),
+        *(["<h2>The grid: power x objective</h2>" + "".join(_html_table(t) for t in page.grid)]
+          if page.grid else []),
         *(["<h2>What z adds, rung by rung</h2>" + _html_table(page.z_adds)] if page.z_adds else []),
         *(["<h2>Against the baseline</h2>" + _html_table(page.baseline)] if page.baseline else []),
         "<h2>Figures</h2>" + "".join(_html_figure(*f, figure_dir) for f in rest),
