@@ -22,7 +22,9 @@ The ELBO reported (train and valid) is always the true one: beta = 1, lambda = 0
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +66,19 @@ class Objective:
         return -log_px_z.mean() + self.beta(step) * self.kl_term(kl_per_dim)
 
 
+@contextlib.contextmanager
+def frozen(module: torch.nn.Module) -> Iterator[None]:
+    """`module`'s parameters need no gradient inside (gradients still flow through it)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def step_only(model: VAE, part: torch.nn.Module, optimizer: torch.optim.Optimizer,
               loss: torch.Tensor) -> None:
     """One optimizer step on `part` (the encoder or the decoder) alone: the other part's
@@ -84,20 +99,29 @@ def encoder_inner_loop(model: VAE, optimizer: torch.optim.Optimizer, objective: 
     (drawn with `g_cpu`) until the mean loss of a block of `aggressive_check_every` steps no
     longer beats the block before it, or `aggressive_max_inner_steps` steps. -> steps taken"""
     previous, block, taken = math.inf, 0.0, 0
-    for taken in range(1, config.aggressive_max_inner_steps + 1):
-        index = torch.randint(len(train), (batch_size,), generator=g_cpu)  # (B,)
-        x = precision.batch(train.images(index, g_cpu))
-        with precision.autocast():
-            t = model.elbo_terms(x, generator=g)
-        loss = objective.loss(t.log_px_z, t.kl_per_dim, step)
-        step_only(model, model.encoder, optimizer, loss)
-        block += float(loss.detach())
-        if taken % config.aggressive_check_every == 0:
-            mean = block / config.aggressive_check_every
-            if mean >= previous:
-                break
-            previous, block = mean, 0.0
+    with frozen(model.decoder):  # its weights' gradients would be thrown away: not computed
+        for taken in range(1, config.aggressive_max_inner_steps + 1):
+            loss = _encoder_step(model, optimizer, objective, train, batch_size, step, precision, g_cpu, g)
+            block += loss
+            if taken % config.aggressive_check_every == 0:
+                mean = block / config.aggressive_check_every
+                if mean >= previous:
+                    break
+                previous, block = mean, 0.0
     return taken
+
+
+def _encoder_step(model: VAE, optimizer: torch.optim.Optimizer, objective: Objective, train: Split,
+                  batch_size: int, step: int, precision: Precision, g_cpu: torch.Generator,
+                  g: torch.Generator) -> float:
+    """One update of the encoder alone on a fresh minibatch; -> its loss."""
+    index = torch.randint(len(train), (batch_size,), generator=g_cpu)  # (B,)
+    x = precision.batch(train.images(index, g_cpu))
+    with precision.autocast():
+        t = model.elbo_terms(x, generator=g)
+    loss = objective.loss(t.log_px_z, t.kl_per_dim, step)
+    step_only(model, model.encoder, optimizer, loss)
+    return float(loss.detach())
 
 
 @torch.no_grad()

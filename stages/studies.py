@@ -154,6 +154,6 @@ def check_grid_pipeline(root: Path, study: str, params: Any) -> None:
         detail = "; ".join(part for part in (
             f"runs the params make but it lacks: {', '.join(missing)}" if missing else "",
             f"runs it has that the params no longer make: {', '.join(extra)}" if extra else "") if part)
-        raise ParamsError(f"{target} is out of step with profiles/{study}/params.yaml"
+        raise ParamsError(f"{target} is out of step with profiles/{study}/params.yaml or dvc.yaml"
                           f"{' (' + detail + ')' if detail else ''}: run `vae-study study-pipeline "
                           f"{study}`, then `dvc repro {target.relative_to(root)}` again")

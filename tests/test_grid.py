@@ -117,7 +117,7 @@ def test_the_grid_pipeline_has_one_stage_per_run_and_seed_and_refuses_to_go_stal
     check_grid_pipeline(tmp_path, "g", parse_params(raw))  # in step: no complaint
 
     raw["objectives"]["free"] = {"free_bits": 0.5}  # an objective added, the pipeline not regenerated
-    with pytest.raises(ParamsError, match=r"out of step with profiles/g/params.yaml \(runs the params make but "
+    with pytest.raises(ParamsError, match=r"out of step with profiles/g/params.yaml or dvc.yaml \(runs the params make but "
                                           r"it lacks: linear__free-0, pixelcnn_2__free-0\): run `vae-study "
                                           r"study-pipeline g`"):
         check_grid_pipeline(tmp_path, "g", parse_params(raw))
