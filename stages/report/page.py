@@ -19,6 +19,7 @@ import pandas as pd
 from stages.layout import Layout
 from stages.report import claims
 from stages.report.collect import ReportData
+from stages.schema import to_plain
 
 NUMBER = re.compile(r"^[-+\d.,±% ]*$")  # a table cell holding a number
 TITLE = "Posterior collapse in VAEs on binarized MNIST"
@@ -228,8 +229,12 @@ def setup_items(data: ReportData, results: pd.DataFrame, provenance: dict[str, s
     p, s = data.params, data.summary
     sources = sorted({v.get("source", "?") for v in (data.sources or {}).values() if isinstance(v, dict)})
     epochs = sorted({int(run.history["epoch"].max()) for run in data.runs.values()})
-    objectives = [f"`{name}`: {rung.objective}" for name, rung in p.decoders.items()
-                  if not rung.objective.is_elbo]
+    if p.objectives:  # a grid: every rung with z under each of these
+        objectives = [f"`{name}`: " + (options_text(o) or "the ELBO, the reference")
+                      for name, o in p.objectives.items()]
+    else:
+        objectives = [f"`{name}`: {options_text(rung.objective)}" for name, rung in p.decoders.items()
+                      if not rung.objective.is_elbo]
     ks, tests = sorted(set(results["iw_k"])), sorted(set(results["n_test"]))
     devices = sorted({f"{run.info.get('precision', '?')} on {run.info.get('device', '?')}"
                       for run in data.runs.values()})
@@ -244,8 +249,10 @@ def setup_items(data: ReportData, results: pd.DataFrame, provenance: dict[str, s
                         f"{', '.join(f'{n:,}' for n in tests)} test images, a random subset drawn "
                         f"with evaluate.seed {p.evaluate.seed}, the same for every rung and seed")),
         ("training schedule", schedule(p.train, epochs, s["train"]["n_images"])),
-        ("objective", "the ELBO for every rung (no KL warm-up, no free bits)" if not objectives
-         else "the ELBO, with mitigations on " + "; ".join(objectives)),
+        ("objective", "the ELBO for every rung (no KL warm-up, free bits, beta or aggressive "
+         "encoder training)" if not objectives else
+         ("the grid's objectives, each rung with z under every one: " if p.objectives else
+          "the ELBO, with mitigations on ") + "; ".join(objectives)),
         ("model", (f"diagonal Gaussian q(z|x), MLP encoder {list(p.encoder.hidden)}, latent dim "
                    f"{int(results['latent_dim'].max())}, prior N(0, I)")),
         ("seeds", ", ".join(map(str, p.seeds))),
@@ -298,10 +305,21 @@ def baseline_table(results: pd.DataFrame, found: list[claims.Claim], baseline: p
                  "subsets, so only large differences mean anything.")
 
 
+def changed_options(objective) -> dict:
+    """An objective's options that differ from the plain ELBO's."""
+    default = to_plain(type(objective)())
+    return {k: v for k, v in to_plain(objective).items() if v != default[k]}
+
+
+def options_text(objective) -> str:
+    return ", ".join(f"{k}={v}" for k, v in changed_options(objective).items())
+
+
 def ladder_table(data: ReportData, results: pd.DataFrame) -> Table:
     rows = []
     for r in results.itertuples():
-        options = {k: v for k, v in data.params.decoders[r.rung].plain().items() if k != "family"}
+        rung = data.params.decoders[r.rung]
+        options = {**to_plain(rung.decoder), **changed_options(rung.objective)}
         rows.append([f"`{r.rung}`", r.family, ROLE_LABEL[r.role], str(r.receptive_field),
                      ", ".join(f"{k}={v}" for k, v in options.items()), f"{r.n_params:,}"])
     return Table(["rung", "family", "role", "receptive field (pixels)", "options", "parameters"], rows,
@@ -318,7 +336,8 @@ def grid_tables(data: ReportData, cells: pd.DataFrame) -> list[Table]:
     reference = next(iter(data.params.objectives))
     rows = [[f"`{r.rung}`", f"`{r.objective}`", pm(r.kl_nats, r.kl_nats_std), pm(r.mi_nats, r.mi_nats_std),
              pm(r.nll_iw_nats, r.nll_iw_nats_std),
-             "reference" if r.objective == reference else pm(r.nll_change_nats, r.nll_change_std),
+             "reference" if r.objective == reference else
+             f"{r.nll_change_nats:+.2f}" + ("" if pd.isna(r.nll_change_std) else f" ± {r.nll_change_std:.2f}"),
              "" if pd.isna(r.z_adds_iw_nats) else pm(r.z_adds_iw_nats, r.z_adds_iw_std)]
             for r in cells.itertuples()]
     header, top = top_beside_published(cells, data.remedies)
