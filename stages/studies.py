@@ -11,7 +11,9 @@ changes (a test keeps the two in step).
 
 A grid study (its params have an `objectives` section, `stages.params.expand_grid`) trains and
 evaluates every rung with z under every objective and each rung without z once: its train and
-evaluate stages are generated per run and seed (`grid_stage`), so after adding a rung or an
+evaluate stages are generated per run and seed (`grid_stage`), and its report, whose runs share
+no name with the default study's, is not compared with it (so the grid never waits on the
+default study either). After adding a rung or an
 objective to its params, rerun `vae-study study-pipeline <name>` (its validate stage refuses to
 run a pipeline that no longer matches the params).
 """
@@ -86,6 +88,7 @@ def pipeline(default: dict[str, Any], study: str, params: Any = None) -> dict[st
     of a grid study (an `objectives` section), its train and evaluate stages per grid run."""
     Layout(Path("."), study)  # refuses a bad study name
     params_file = f"profiles/{study}/params.yaml"
+    grid = params is not None and bool(params.cells)  # its runs share no name with the default's
     stages = {}
     for name, stage in default["stages"].items():
         if name == "download":
@@ -95,7 +98,7 @@ def pipeline(default: dict[str, Any], study: str, params: Any = None) -> dict[st
             if key == "cmd":  # one command line or a list of them, each run with the study's files
                 commands = [f"{c} --params {params_file} --study {study}"
                             for c in (value if isinstance(value, list) else [value])]
-                if name == "report":
+                if name == "report" and not grid:
                     commands[-1] += f" --compare-with {BASELINE}"
                 value = commands if isinstance(value, list) else commands[0]
             elif key == "params":
@@ -104,7 +107,7 @@ def pipeline(default: dict[str, Any], study: str, params: Any = None) -> dict[st
                 value = _paths(value, study)
                 if key == "deps":  # the params file as a whole (the validate stage's input)
                     value = [params_file if v == "params.yaml" else v for v in value]
-                if key == "deps" and name == "report":
+                if key == "deps" and name == "report" and not grid:
                     value = [*value, BASELINE]
             s[key] = value
         if params is not None and params.cells:

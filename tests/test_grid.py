@@ -110,6 +110,7 @@ def test_the_grid_pipeline_has_one_stage_per_run_and_seed_and_refuses_to_go_stal
                                                            "encoder", "train"]}]
     assert train["outs"] == ["data/g/models/${item.run}/seed${item.seed}.pt"]
     assert "objectives" in stages["report"]["params"][0]["profiles/g/params.yaml"]
+    assert "reports/results.csv" not in stages["report"]["deps"] and "--compare-with" not in stages["report"]["cmd"]
     sh(tmp_path, "git", "init", "-q")
     dvc(tmp_path, "init", "-q")
     listed = dvc(tmp_path, "stage", "list", "profiles/g/dvc.yaml").stdout  # DVC expands it as written
@@ -121,3 +122,24 @@ def test_the_grid_pipeline_has_one_stage_per_run_and_seed_and_refuses_to_go_stal
                                           r"it lacks: linear__free-0, pixelcnn_2__free-0\): run `vae-study "
                                           r"study-pipeline g`"):
         check_grid_pipeline(tmp_path, "g", parse_params(raw))
+
+
+def test_the_committed_grid_is_four_powers_by_five_objectives_with_twins_and_its_pipeline_in_step():
+    from stages.params import load_params
+
+    grid, default = load_params(REPO / "profiles/grid/params.yaml"), load_params(REPO / "params.yaml")
+    check_grid_pipeline(REPO, "grid", grid)  # `vae-study study-pipeline grid` was rerun after the last edit
+    rungs = {cell.rung for cell in grid.cells.values()}
+    with_z = {r for r in rungs if getattr(grid.decoders.get(f"{r}__elbo", grid.decoders.get(r)).decoder,
+                                          "conditional", True)}
+    assert len(with_z) >= 4 and len(grid.objectives) >= 5 and len(grid.seeds) >= 2
+    assert {o.beta < 1 for o in grid.objectives.values()} == {True, False}
+    assert any(o.aggressive for o in grid.objectives.values()) and any(o.free_bits for o in grid.objectives.values())
+    assert any(o.kl_warmup_steps for o in grid.objectives.values())
+    top = max(default.decoders, key=lambda r: default.decoders[r].family == "gated_pixelcnn"
+              and getattr(default.decoders[r].decoder, "conditional", True))
+    assert top in with_z  # the top rung of the power axis is a row of the grid
+    for r in with_z - {"mlp"}:
+        assert f"{r}_alone" in grid.decoders, r  # every autoregressive power has its decoder alone
+    assert (grid.binarize, grid.encoder, grid.train, grid.evaluate) == \
+        (default.binarize, default.encoder, default.train, default.evaluate)
