@@ -94,12 +94,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def stored_identity(state: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint says it is, with the defaults of options it predates filled in (an
+    option added later, at its default, describes the same model), as `describe` gives it."""
+    errors = Errors()
+    rung = parse_rung(state.get("rung_name"), state.get("rung"), "rung", errors)
+    encoder = build(EncoderConfig, state.get("encoder"), "encoder", errors)
+    if rung is None or encoder is None:
+        return {key: state.get(key) for key in ("rung_name", "rung", "encoder")}
+    return describe(rung, encoder)
+
+
 def check_matches(state: dict[str, Any], rung: Rung, encoder: EncoderConfig, path: str | Path) -> None:
     """Refuse a checkpoint trained with other settings than the params say."""
-    expected = describe(rung, encoder)
+    expected, stored = describe(rung, encoder), stored_identity(state)
     problems = []
     for key in expected:
-        have, want = state.get(key), expected[key]
+        have, want = stored.get(key), expected[key]
         if have != want:
             problems.append(f"{key}: checkpoint has {have!r}, params.yaml says {want!r}")
     if problems:

@@ -261,3 +261,22 @@ def test_a_crafted_resume_file_is_refused_naming_the_field_and_that_it_can_be_de
         train_rung(*args, resume_path=scratch, progress=False)
     assert str(scratch) in str(err.value) and expected in str(err.value), err.value
     assert "resume state: delete it, and the run starts over" in str(err.value)
+
+
+def test_a_checkpoint_from_before_an_option_existed_still_matches_its_params(tmp_path):
+    """An option added later (here the objective's beta and aggressive training) at its default
+    describes the same model: the checkpoint loads; at another value it is refused."""
+    params = tiny_params()
+    config = dataclasses.replace(params.train, epochs=1)
+    state, _ = train_rung(params.rung("linear"), params.encoder, config, 0, TRAIN, VALID, FP32, progress=False)
+    for key in ("beta", "aggressive", "aggressive_max_inner_steps", "aggressive_check_every"):
+        del state["rung"][key]  # what a checkpoint written before these options holds
+    save_checkpoint(tmp_path / "old.pt", state)
+    model, rung, _ = load_model(tmp_path / "old.pt", params.rung("linear"), params.encoder)
+    assert rung == params.rung("linear")
+    other = dataclasses.replace(params.rung("linear"),
+                                objective=dataclasses.replace(params.rung("linear").objective, beta=0.5))
+    from stages.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not match params.yaml"):
+        load_model(tmp_path / "old.pt", other, params.encoder)
