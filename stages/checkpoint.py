@@ -8,6 +8,7 @@ inside are validated with the same schema as params.yaml when the model is rebui
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import pickle
@@ -93,12 +94,23 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return state
 
 
+def stored_identity(state: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint says it is, with the defaults of options it predates filled in (an
+    option added later, at its default, describes the same model), as `describe` gives it."""
+    errors = Errors()
+    rung = parse_rung(state.get("rung_name"), state.get("rung"), "rung", errors)
+    encoder = build(EncoderConfig, state.get("encoder"), "encoder", errors)
+    if rung is None or encoder is None:
+        return {key: state.get(key) for key in ("rung_name", "rung", "encoder")}
+    return describe(rung, encoder)
+
+
 def check_matches(state: dict[str, Any], rung: Rung, encoder: EncoderConfig, path: str | Path) -> None:
     """Refuse a checkpoint trained with other settings than the params say."""
-    expected = describe(rung, encoder)
+    expected, stored = describe(rung, encoder), stored_identity(state)
     problems = []
     for key in expected:
-        have, want = state.get(key), expected[key]
+        have, want = stored.get(key), expected[key]
         if have != want:
             problems.append(f"{key}: checkpoint has {have!r}, params.yaml says {want!r}")
     if problems:
@@ -136,6 +148,59 @@ def _check_training_record(state: dict[str, Any], path: str | Path) -> None:
         value = state.get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise CheckpointError(f"{path}: no valid `{key}` (got {value!r}); {_remedy(Path(path))}")
+
+
+def _weights_problem(weights: Any, what: str) -> str | None:
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return f"{what} is not a mapping of tensors"
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    return f"weight {bad} of {what} is not finite" if bad is not None else None
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_resume_state(state: dict[str, Any], path: str | Path, epochs: int, model: torch.nn.Module,
+                       optimizer: torch.optim.Optimizer) -> None:
+    """Load an interrupted run's state into `model` and `optimizer`, once every field has been
+    checked: a damaged or crafted resume file is refused with what is wrong in it and what to
+    do (delete it: it is only a head start), never a traceback and never half applied."""
+    problems = []
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or not 1 <= epoch < epochs:
+        problems.append(f"`epoch` {epoch!r} is not a finished epoch before the cap of {epochs}")
+    history = state.get("history")
+    if not isinstance(history, list) or not all(isinstance(row, dict) for row in history) \
+            or (isinstance(epoch, int) and len(history) != epoch):
+        problems.append("`history` is not one row per finished epoch")
+    best = state.get("best")
+    if not isinstance(best, dict) or not isinstance(best.get("epoch"), int) \
+            or not all(_finite_number(best.get(k)) for k in ("valid_elbo_nats", "valid_kl_nats")):
+        problems.append("`best` lacks a valid epoch, valid_elbo_nats or valid_kl_nats")
+    else:
+        problems.append(_weights_problem(best.get("model_state"), "best.model_state"))
+    problems.append(_weights_problem(state.get("model_state"), "model_state"))
+    phase = state.get("aggressive", {"on": False, "best_mi": 0.0})
+    if not isinstance(phase, dict) or set(phase) != {"on", "best_mi"} or not isinstance(phase["on"], bool) \
+            or not isinstance(phase["best_mi"], (int, float)):
+        problems.append("`aggressive` is not the aggressive phase's {on, best_mi}")
+    problems = [p for p in problems if p]
+    if not problems:
+        backup = (copy.deepcopy(model.state_dict()), copy.deepcopy(optimizer.state_dict()))
+        try:
+            model.load_state_dict(state["model_state"])
+            optimizer.load_state_dict(state["optimizer_state"])
+            if best is not None:
+                model.load_state_dict(best["model_state"])  # the best weights must fit as well
+                model.load_state_dict(state["model_state"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            model.load_state_dict(backup[0])
+            optimizer.load_state_dict(backup[1])
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            problems.append(f"its weights or optimizer state do not fit this run ({first_line})")
+    if problems:
+        raise CheckpointError(f"{path}: unusable resume state: {'; '.join(problems)}; {_remedy(Path(path))}")
 
 
 def load_model(path: str | Path, rung: Rung | None = None,

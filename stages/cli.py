@@ -53,13 +53,16 @@ def validate(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY,
     from stages.params import load_params
     from stages.report import role
 
+    from stages.studies import check_grid_pipeline
+
     layout = Layout(root, study)
     p = load_params(params)
+    check_grid_pipeline(root, study, p)
     for name, rung in p.decoders.items():
         decoder = build_decoder(rung.family, rung.decoder, p.encoder.latent_dim)
         print(f"{name}: receptive field {decoder.receptive_field} pixels, "
               f"{role(rung, decoder.uses_z)}; {rung.plain()}")
-    print(f"{params}: valid ({len(p.decoders)} decoders x {len(p.seeds)} seeds)")
+    print(f"{params}: valid ({len(p.decoders)} {'runs' if p.cells else 'decoders'} x {len(p.seeds)} seeds)")
     if stamp:  # the same bytes for every valid file: a params edit reruns nothing through it
         write_text(layout.params_stamp, "the params file passed `vae-study validate`\n")
 

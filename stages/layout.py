@@ -97,3 +97,8 @@ class Layout:
     @property
     def reference(self) -> Path:
         return self.root / "reference/published.csv"
+
+    @property
+    def remedies(self) -> Path:
+        """Published KL and NLL of the remedies of collapse, beside a grid study's cells."""
+        return self.root / "reference/remedies.csv"

@@ -12,13 +12,14 @@ have their defaults here and in `stages.model`, which the stages list as DVC dep
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from stages.errors import ParamsError
 from stages.model import DECODERS, EncoderConfig
-from stages.paramsfile import RUNG_NAME_RULE, SEEDS_RULE, read_yaml, rung_name_ok, seeds_ok
+from stages.paramsfile import (OBJECTIVE_NAME_RULE, RUNG_NAME_RULE, SEEDS_RULE, objective_name_ok, read_yaml,
+                               rung_name_ok, seeds_ok)
 from stages.schema import Errors, build, did_you_mean, field_names, spec, to_plain
 
 N_MNIST_TRAIN = 60000
@@ -76,10 +77,22 @@ class ReportConfig:
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    """Per-rung mitigations of collapse, off by default."""
+    """The training objective: the ELBO when every option is off (the default); each option is a
+    remedy of posterior collapse (stages.train implements them). The ELBO reported is always
+    the true one."""
 
     kl_warmup_steps: int = spec(0, min=0, max=10**9, doc="beta from 0 to 1 over this many steps")
     free_bits: float = spec(0.0, min=0.0, max=1000.0, doc="lambda, nats per latent dimension")
+    beta: float = spec(1.0, check=_unit_interval_open, doc="weight of the KL term (beta-VAE)")
+    aggressive: bool = spec(False, doc="aggressive inference-network training (He et al. 2019)")
+    aggressive_max_inner_steps: int = spec(100, min=1, max=100000,
+                                           doc="encoder updates per decoder update, at most")
+    aggressive_check_every: int = spec(10, min=1, max=100000,
+                                       doc="inner steps per check that the encoder still improves")
+
+    @property
+    def is_elbo(self) -> bool:
+        return self == ObjectiveConfig()
 
 
 @dataclass(frozen=True)
@@ -97,6 +110,15 @@ class Rung:
 
 
 @dataclass(frozen=True)
+class Cell:
+    """Where a run of a grid study sits: its rung (`decoders` key) and objective
+    (`objectives` key)."""
+
+    rung: str
+    objective: str
+
+
+@dataclass(frozen=True)
 class StudyParams:
     binarize: BinarizeConfig
     encoder: EncoderConfig
@@ -104,7 +126,9 @@ class StudyParams:
     evaluate: EvaluateConfig
     report: ReportConfig
     seeds: tuple[int, ...]
-    decoders: dict[str, Rung]  # in params order: the ladder, weakest first
+    decoders: dict[str, Rung]  # in params order: the ladder, weakest first (a grid: its cells)
+    objectives: dict[str, ObjectiveConfig] = field(default_factory=dict)  # a grid's second axis
+    cells: dict[str, Cell] = field(default_factory=dict)  # a grid: run name -> (rung, objective)
 
     def rung(self, name: str) -> Rung:
         if name not in self.decoders:
@@ -120,7 +144,8 @@ SECTIONS = {
     "evaluate": EvaluateConfig,
     "report": ReportConfig,
 }
-TOP_LEVEL = (*SECTIONS, "seeds", "decoders")
+TOP_LEVEL = (*SECTIONS, "seeds", "decoders", "objectives")
+CELL_JOIN = "__"  # a grid run's name (an objective name never holds it): <rung>__<objective>; a rung without z keeps its own name
 
 
 def parse_rung(name: Any, raw: Any, path: str, errors: Errors) -> Rung | None:
@@ -161,6 +186,58 @@ def _parse_seeds(raw: Any, errors: Errors) -> tuple[int, ...]:
     return tuple(raw)
 
 
+def parse_objectives(raw: Any, errors: Errors) -> dict[str, ObjectiveConfig]:
+    """The optional `objectives` section: name -> objective options; the first must be the plain
+    ELBO, the reference every other objective is compared with."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or not raw:
+        errors.add("objectives", "must be a non-empty mapping of objective name -> options, the "
+                                 "first the plain ELBO ({}); allowed options: "
+                                 + ", ".join(field_names(ObjectiveConfig)))
+        return {}
+    objectives = {}
+    for name, entry in raw.items():
+        path = f"objectives.{name}"
+        if not objective_name_ok(name):
+            errors.add(path, OBJECTIVE_NAME_RULE)
+            continue
+        objective = build(ObjectiveConfig, {} if entry is None else entry, path, errors)
+        if objective is not None:
+            objectives[name] = objective
+    first = next(iter(raw))
+    if first in objectives and not objectives[first].is_elbo:
+        errors.add(f"objectives.{first}", "the first objective is the reference and must be the "
+                                          "plain ELBO: give it no options ({})")
+    return objectives
+
+
+def expand_grid(decoders: dict[str, Rung], objectives: dict[str, ObjectiveConfig],
+                errors: Errors) -> tuple[dict[str, Rung], dict[str, Cell]]:
+    """Every rung with z under every objective, `<rung>__<objective>`; a rung without z once,
+    under the reference objective (without z in the decoder, no objective changes what it learns)."""
+    reference = next(iter(objectives))
+    runs: dict[str, Rung] = {}
+    cells: dict[str, Cell] = {}
+    for name, rung in decoders.items():
+        if not rung.objective.is_elbo:
+            errors.add(f"decoders.{name}", "with an `objectives` section the objective options "
+                       "belong there, not in a rung: remove " + ", ".join(
+                           k for k, v in to_plain(rung.objective).items()
+                           if v != to_plain(ObjectiveConfig())[k]))
+            continue
+        uses_z = getattr(rung.decoder, "conditional", True)
+        for objective in objectives if uses_z else [reference]:
+            run = f"{name}{CELL_JOIN}{objective}" if uses_z else name
+            if len(run) > 64 or run in runs:
+                errors.add(f"decoders.{name}", f"the run name {run!r} is " + (
+                    "longer than 64 characters" if len(run) > 64 else "taken by another rung"))
+                continue
+            runs[run] = replace(rung, name=run, objective=objectives[objective])
+            cells[run] = Cell(name, objective)
+    return runs, cells
+
+
 def parse_params(raw: Any, source: str = "params.yaml") -> StudyParams:
     """Validate the parsed YAML document; raise one ParamsError naming every problem."""
     errors = Errors()
@@ -191,8 +268,12 @@ def parse_params(raw: Any, source: str = "params.yaml") -> StudyParams:
     if t is not None and t.patience is not None and t.patience >= t.epochs:
         errors.add("train.patience", f"got {t.patience}; with epochs {t.epochs} (the cap) it could "
                    "never stop early: use a patience below epochs, or null to run every epoch")
+    objectives = parse_objectives(raw.get("objectives"), errors)
+    cells: dict[str, Cell] = {}
+    if objectives and decoders:
+        decoders, cells = expand_grid(decoders, objectives, errors)
     errors.raise_if_any(source)
-    return StudyParams(**sections, seeds=seeds, decoders=decoders)
+    return StudyParams(**sections, seeds=seeds, decoders=decoders, objectives=objectives, cells=cells)
 
 
 def load_params(path: str | Path = "params.yaml") -> StudyParams:

@@ -25,6 +25,7 @@ from stages.schema import Errors
 RUNG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # use fullmatch: `$` would let "x\n" through
 RUNG_NAME_RULE = ("a decoder name must start with a letter and use only letters, digits and _, "
                   "at most 64 characters (it names DVC stages, files and command arguments)")
+OBJECTIVE_NAME_RULE = RUNG_NAME_RULE.replace("a decoder name", "an objective name") + ", without '__'"
 SEEDS_RULE = "allowed: a non-empty list of distinct integers in [0, 2^31)"
 
 
@@ -59,6 +60,11 @@ def rung_name_ok(name: Any) -> bool:
     return isinstance(name, str) and RUNG_NAME.fullmatch(name) is not None
 
 
+def objective_name_ok(name: Any) -> bool:
+    """An objective's name joins a rung's in a grid run's name, `<rung>__<objective>`."""
+    return rung_name_ok(name) and "__" not in name
+
+
 def seeds_ok(raw: Any) -> bool:
     return (isinstance(raw, list) and len(raw) > 0
             and all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**31 for s in raw)
@@ -66,7 +72,7 @@ def seeds_ok(raw: Any) -> bool:
 
 
 def name_problems(raw: Any, errors: Errors) -> None:
-    """Add a line to errors for every rung name and seed dvc.yaml may not interpolate."""
+    """Add a line to errors for every rung or objective name and seed dvc.yaml may not interpolate."""
     if not isinstance(raw, dict):
         errors.add("(top level)", f"must be a mapping of sections, got {type(raw).__name__}")
         return
@@ -79,6 +85,12 @@ def name_problems(raw: Any, errors: Errors) -> None:
                 where = f"decoders.{name}" if isinstance(name, str) and name.isprintable() else \
                     f"decoders: key {name!r}"
                 errors.add(where, RUNG_NAME_RULE)
+    objectives = raw.get("objectives")
+    for name in objectives if isinstance(objectives, dict) else ():
+        if not objective_name_ok(name):
+            where = f"objectives.{name}" if isinstance(name, str) and name.isprintable() else \
+                f"objectives: key {name!r}"
+            errors.add(where, OBJECTIVE_NAME_RULE)
     if not seeds_ok(raw.get("seeds")):
         errors.add("seeds", f"got {raw.get('seeds')!r}; {SEEDS_RULE}")
 

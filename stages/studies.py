@@ -8,6 +8,14 @@ profiles/<name>/params.yaml --study <name>`, its outputs under data/<name>/ and 
 table. `dvc repro profiles/<name>/dvc.yaml` reproduces it and keeps its own dvc.lock; the root
 `dvc repro` never runs it. `vae-study study-pipeline <name>` rewrites the file after dvc.yaml
 changes (a test keeps the two in step).
+
+A grid study (its params have an `objectives` section, `stages.params.expand_grid`) trains and
+evaluates every rung with z under every objective and each rung without z once: its train and
+evaluate stages are generated per run and seed (`grid_stage`), and its report, whose runs share
+no name with the default study's, is not compared with it (so the grid never waits on the
+default study either). After adding a rung or an
+objective to its params, rerun `vae-study study-pipeline <name>` (its validate stage refuses to
+run a pipeline that no longer matches the params).
 """
 
 from __future__ import annotations
@@ -47,10 +55,40 @@ def _paths(entries: list, study: str) -> list:
             else study_path(e, study) for e in entries]
 
 
-def pipeline(default: dict[str, Any], study: str) -> dict[str, Any]:
-    """The named study's dvc.yaml (as a mapping) derived from the default one."""
+def _substitute(value: Any, old: str, new: str) -> Any:
+    """`old` replaced by `new` in every string of a stage entry (keys of {path: options} too)."""
+    if isinstance(value, str):
+        return value.replace(old, new)
+    if isinstance(value, list):
+        return [_substitute(v, old, new) for v in value]
+    if isinstance(value, dict):
+        return {_substitute(k, old, new): _substitute(v, old, new) for k, v in value.items()}
+    return value
+
+
+def grid_stage(stage: dict[str, Any], cells: dict[str, Any], seeds: tuple[int, ...]) -> dict[str, Any]:
+    """A train or evaluate stage of a grid study: one stage per run and seed (`foreach` over
+    `<run>-<seed>`, the default study's stage names), each depending on its rung's entry
+    (`decoders.<rung>`) and its objective's (`objectives.<objective>`)."""
+    body = {k: v for k, v in stage.items() if k != "matrix"}
+    params = []
+    for entry in body.get("params", []):
+        for file, keys in entry.items():
+            keys = [k for key in keys for k in ((key, "objectives.${item.objective}")
+                                                if key == "decoders.${item.decoder}" else (key,))]
+            params.append({file: _substitute(keys, "${item.decoder}", "${item.rung}")})
+    body = {**_substitute(body, "${item.decoder}", "${item.run}"), "params": params}
+    runs = {f"{run}-{seed}": {"run": run, "rung": cell.rung, "objective": cell.objective, "seed": seed}
+            for run, cell in cells.items() for seed in seeds}
+    return {"foreach": runs, "do": body}
+
+
+def pipeline(default: dict[str, Any], study: str, params: Any = None) -> dict[str, Any]:
+    """The named study's dvc.yaml (as a mapping) derived from the default one; with `params`
+    of a grid study (an `objectives` section), its train and evaluate stages per grid run."""
     Layout(Path("."), study)  # refuses a bad study name
     params_file = f"profiles/{study}/params.yaml"
+    grid = params is not None and bool(params.cells)  # its runs share no name with the default's
     stages = {}
     for name, stage in default["stages"].items():
         if name == "download":
@@ -60,7 +98,7 @@ def pipeline(default: dict[str, Any], study: str) -> dict[str, Any]:
             if key == "cmd":  # one command line or a list of them, each run with the study's files
                 commands = [f"{c} --params {params_file} --study {study}"
                             for c in (value if isinstance(value, list) else [value])]
-                if name == "report":
+                if name == "report" and not grid:
                     commands[-1] += f" --compare-with {BASELINE}"
                 value = commands if isinstance(value, list) else commands[0]
             elif key == "params":
@@ -69,9 +107,14 @@ def pipeline(default: dict[str, Any], study: str) -> dict[str, Any]:
                 value = _paths(value, study)
                 if key == "deps":  # the params file as a whole (the validate stage's input)
                     value = [params_file if v == "params.yaml" else v for v in value]
-                if key == "deps" and name == "report":
+                if key == "deps" and name == "report" and not grid:
                     value = [*value, BASELINE]
             s[key] = value
+        if params is not None and params.cells:
+            if "matrix" in s:
+                s = grid_stage(s, params.cells, params.seeds)
+            elif name == "report":
+                s["params"] = [{f: [*keys, "objectives"]} for entry in s["params"] for f, keys in entry.items()]
         stages[name] = s
     plots = [{name: {**spec, "y": {study_path(f, study): col for f, col in spec["y"].items()}}}
              for plot in default.get("plots", []) for name, spec in plot.items()]
@@ -89,9 +132,31 @@ def write_pipeline(root: Path, study: str) -> Path:
     if not params.exists():
         raise ParamsError(f"{params}: not found; a named study needs its params file first "
                           "(start from a copy of params.yaml)")
-    load_params(params)  # every problem named, nothing written
+    checked = load_params(params)  # every problem named, nothing written
     default = read_yaml(root / "dvc.yaml")
     target = params.with_name("dvc.yaml")
-    body = yaml.safe_dump(pipeline(default, study), sort_keys=False, width=1000)
+    body = yaml.safe_dump(pipeline(default, study, checked), sort_keys=False, width=1000)
     write_text(target, HEADER.format(name=study) + body)
     return target
+
+
+def check_grid_pipeline(root: Path, study: str, params: Any) -> None:
+    """A grid study's pipeline lists its runs: refuse to go on when they are not the runs its
+    params make (a rung or objective added, renamed or removed since it was generated)."""
+    if not study or not params.cells:
+        return
+    target = root / "profiles" / study / "dvc.yaml"
+    have = read_yaml(target) if target.exists() else {}
+    want = pipeline(read_yaml(root / "dvc.yaml"), study, params)
+
+    def runs(p: dict) -> set[str]:
+        return set(p.get("stages", {}).get("train", {}).get("foreach", {}) or {})
+
+    if have.get("stages") != want["stages"]:
+        missing, extra = sorted(runs(want) - runs(have)), sorted(runs(have) - runs(want))
+        detail = "; ".join(part for part in (
+            f"runs the params make but it lacks: {', '.join(missing)}" if missing else "",
+            f"runs it has that the params no longer make: {', '.join(extra)}" if extra else "") if part)
+        raise ParamsError(f"{target} is out of step with profiles/{study}/params.yaml or dvc.yaml"
+                          f"{' (' + detail + ')' if detail else ''}: run `vae-study study-pipeline "
+                          f"{study}`, then `dvc repro {target.relative_to(root)}` again")

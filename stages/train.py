@@ -1,12 +1,9 @@
-"""Stage `train@<decoder>-<seed>`: fit one VAE of the ladder by maximizing the ELBO.
+"""Stage `train@<decoder>-<seed>`: fit one VAE of the ladder by maximizing its objective.
 
-Objective per minibatch (Kingma & Welling 2014, Eq. 3), with the two classic mitigations of
-posterior collapse as per-rung options, both off by default:
-    loss = -E_x[log p(x|z)] + beta * sum_j max(lambda, E_x KL_j)
-- KL warm-up: beta rises linearly from 0 to 1 over `kl_warmup_steps` (Bowman et al. 2016);
-- free bits: each latent dimension's batch-mean KL counts at least `free_bits` = lambda nats
-  (Kingma et al. 2016, Eq. 15).
-The ELBO reported (train and valid) is always the true one, beta = 1 and lambda = 0.
+The objective is the ELBO (Kingma & Welling 2014, Eq. 3) unless the rung's objective options
+name a remedy of posterior collapse: KL warm-up, free bits, beta < 1 or aggressive
+inference-network training (`stages.objectives`). The ELBO reported (train and valid) is always
+the true one, beta = 1 and lambda = 0.
 
 Adam with a constant learning rate; the validation ELBO is measured every epoch with a fixed
 noise draw and the best-validation weights are the stage's output. `train.epochs` is a cap:
@@ -15,9 +12,10 @@ beaten the best validation ELBO by more than `train.min_delta_nats` (early stopp
 Prechelt 1998); the best epoch is the last one that did. Every epoch's random
 numbers come from generators seeded by (seed, epoch), and the last finished epoch is saved to
 a scratch checkpoint outside DVC's outputs: an interrupted run resumes there and ends with the
-same weights as an uninterrupted one. The scratch state is removed on success. Every epoch's
-row of the history is logged through DVCLive (`stages.live`), which is what `dvc exp show`,
-`dvc plots` and the report read.
+same weights as an uninterrupted one (a resume file that is damaged or crafted is refused,
+naming what is wrong, before any of it is used). The scratch state is removed on success.
+Every epoch's row of the history is logged through DVCLive (`stages.live`), which is what
+`dvc exp show`, `dvc plots` and the report read.
 """
 
 from __future__ import annotations
@@ -27,7 +25,6 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,37 +32,20 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from stages.checkpoint import describe, load_checkpoint, model_state, save_checkpoint
+from stages.checkpoint import check_resume_state, describe, load_checkpoint, model_state, save_checkpoint
 from stages.data import Split, load_splits
 from stages.errors import TrainingDiverged
 from stages.fsutil import ensure_writable_dir
 from stages.layout import Layout
 from stages.live import EpochLog
 from stages.model import VAE, EncoderConfig, GaussianEncoder, build_decoder
+from stages.objectives import AggressivePhase, Objective, encoder_inner_loop, step_only, valid_mi
 from stages.params import Rung, StudyParams, TrainConfig
 from stages.runtime import (Precision, derive_seed, generator, resolve_device, resolve_precision,
                             seed_everything)
 from stages.schema import to_plain
 
 VALID_STREAM = 1_000_003  # generator streams: (seed, epoch) for training, (seed, VALID) for valid
-
-
-@dataclass
-class Objective:
-    """beta and lambda of the training loss at a global step."""
-
-    warmup_steps: int
-    free_bits: float
-
-    def beta(self, step: int) -> float:
-        return 1.0 if self.warmup_steps == 0 else min(1.0, step / self.warmup_steps)
-
-    def kl_term(self, kl_per_dim: torch.Tensor) -> torch.Tensor:
-        """sum_j max(lambda, mean_batch KL_j).  (B,D) -> ()"""
-        per_dim = kl_per_dim.mean(0)  # (D,)
-        if self.free_bits > 0:
-            per_dim = per_dim.clamp(min=self.free_bits)
-        return per_dim.sum()
 
 
 def build_model(rung: Rung, encoder: EncoderConfig) -> VAE:
@@ -122,7 +102,8 @@ def train_rung(
     seed_everything(seed)
     model = precision.model(build_model(rung, encoder))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    objective = Objective(rung.objective.kl_warmup_steps, rung.objective.free_bits)
+    objective = Objective.of(rung.objective)
+    phase = AggressivePhase(on=rung.objective.aggressive)
     valid = valid.head(config.valid_subset)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
     run_id = fingerprint(rung, encoder, config, seed, data_id)
@@ -132,9 +113,9 @@ def train_rung(
     if resume_path is not None and resume_path.exists():
         state = load_checkpoint(resume_path)
         if state.get("run_id") == run_id:
-            model.load_state_dict(state["model_state"])
-            optimizer.load_state_dict(state["optimizer_state"])
+            check_resume_state(state, resume_path, config.epochs, model, optimizer)
             start_epoch, best, history = state["epoch"] + 1, state["best"], state["history"]
+            phase = AggressivePhase(**state.get("aggressive", phase.plain()))
             print(f"resuming {rung.name} seed {seed} after epoch {state['epoch']} ({resume_path})")
             for row in history if log is not None else ():
                 log(row)
@@ -149,24 +130,32 @@ def train_rung(
         g_cpu = generator(derive_seed(seed, epoch))
         g = generator(derive_seed(seed, epoch, 1), precision.device)
         order = torch.randperm(len(train), generator=g_cpu)
+        g_inner_cpu = generator(derive_seed(seed, epoch, 2))  # the aggressive phase's fresh batches
+        g_inner = generator(derive_seed(seed, epoch, 3), precision.device)
+        aggressive, inner_steps = phase.on, 0
         sums = torch.zeros(3, dtype=torch.float64)
         bar = tqdm(range(steps_per_epoch), desc=f"{rung.name} s{seed} epoch {epoch}/{config.epochs}",
                    disable=None if progress else True, mininterval=1.0, leave=False)
         for i in bar:
             step = (epoch - 1) * steps_per_epoch + i
             x = precision.batch(train.images(order[i * config.batch_size:(i + 1) * config.batch_size], g_cpu))
+            if aggressive:  # the encoder first, to convergence, then the decoder alone
+                inner_steps += encoder_inner_loop(model, optimizer, objective, rung.objective, train,
+                                                  config.batch_size, step, precision, g_inner_cpu, g_inner)
             with precision.autocast():
                 t = model.elbo_terms(x, generator=g)
-            beta = objective.beta(step)
-            loss = -t.log_px_z.mean() + beta * objective.kl_term(t.kl_per_dim)
+            loss = objective.loss(t.log_px_z, t.kl_per_dim, step)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"{rung.name} seed {seed}: loss is {loss.item()} at epoch {epoch}, step {i + 1} "
                     f"of {steps_per_epoch}; stopped without writing a checkpoint "
                     f"(try a lower train.lr)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if aggressive:
+                step_only(model, model.decoder, optimizer, loss)
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             batch = torch.stack([t.elbo.sum(), t.kl.sum(), -t.log_px_z.sum()]).detach().double().cpu()
             sums += batch
             if i % 20 == 0:
@@ -178,6 +167,12 @@ def train_rung(
                "train_rec_nats": train_rec, "valid_elbo_nats": v["elbo"], "valid_kl_nats": v["kl"],
                "valid_rec_nats": v["rec"], "beta": objective.beta(epoch * steps_per_epoch),
                "seconds": time.perf_counter() - t0}
+        if rung.objective.aggressive:  # the phase this epoch ran in, and the MI that decides the next
+            mi = valid_mi(model, valid, precision, max(config.batch_size, 256),
+                          generator(derive_seed(seed, VALID_STREAM, 2)))
+            phase.end_of_epoch(mi)
+            row.update(aggressive=int(aggressive), inner_steps_per_step=inner_steps / steps_per_epoch,
+                       valid_mi_nats=mi, seconds=time.perf_counter() - t0)
         history.append(row)
         if log is not None:
             log(row)
@@ -195,7 +190,8 @@ def train_rung(
         if resume_path is not None and epoch < config.epochs and not stop:
             save_checkpoint(resume_path, {
                 "run_id": run_id, "epoch": epoch, "best": best, "history": history,
-                "model_state": model_state(model), "optimizer_state": optimizer.state_dict()})
+                "model_state": model_state(model), "optimizer_state": optimizer.state_dict(),
+                "aggressive": phase.plain()})
         if on_epoch_end is not None:
             on_epoch_end(epoch)
         if stop:

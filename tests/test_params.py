@@ -325,3 +325,49 @@ def test_arbitrary_bytes_give_only_clean_errors(tmp_path_factory, content):
         load_params(path)
     except ParamsError:
         pass
+
+
+GRID_DECODERS = {"linear": {"family": "linear"},
+                 "pixelcnn_2": {"family": "pixelcnn", "n_layers": 2, "channels": 4},
+                 "pixelcnn_2_alone": {"family": "pixelcnn", "n_layers": 2, "channels": 4, "conditional": False}}
+OBJECTIVES = {"elbo": {}, "beta": {"beta": 0.8}, "aggressive": {"aggressive": True}}
+
+
+def test_an_objectives_section_makes_every_rung_with_z_a_row_of_the_grid_and_a_twin_one_run():
+    params = parse_params({**copy.deepcopy(TINY_PARAMS), "decoders": GRID_DECODERS, "objectives": OBJECTIVES})
+    assert list(params.decoders) == ["linear__elbo", "linear__beta", "linear__aggressive", "pixelcnn_2__elbo",
+                                     "pixelcnn_2__beta", "pixelcnn_2__aggressive", "pixelcnn_2_alone"]
+    assert params.rung("pixelcnn_2__beta").objective.beta == 0.8
+    assert params.rung("pixelcnn_2__aggressive").decoder == params.rung("pixelcnn_2__elbo").decoder
+    assert params.cells["pixelcnn_2_alone"].objective == "elbo" and params.rung("pixelcnn_2_alone").objective.is_elbo
+    assert (params.cells["linear__beta"].rung, params.cells["linear__beta"].objective) == ("linear", "beta")
+    uses_z = {r: getattr(rung.decoder, "conditional", True) for r, rung in params.decoders.items()}
+    assert twin_of("pixelcnn_2__aggressive", params.decoders, uses_z) == "pixelcnn_2_alone"
+    assert parse_params(TINY_PARAMS).cells == {}  # no objectives section: the ladder as it is
+
+
+@pytest.mark.parametrize("objectives, decoders, expected", [
+    ({"beta": {"beta": 0.8}, "elbo": {}}, GRID_DECODERS, "objectives.beta: the first objective is the reference"),
+    ({"elbo": {}, "b": {"beta": 1.5}}, GRID_DECODERS, "objectives.b.beta: got 1.5; must be in (0, 1]"),
+    ({"elbo": {}, "x": {"agressive": True}}, GRID_DECODERS, "objectives.x.agressive: unknown key"),
+    ({"elbo": {}, "a__b": {}}, GRID_DECODERS, "objectives.a__b: an objective name must start with a letter"),
+    ({"elbo": {}, "x y": {}}, GRID_DECODERS, "objectives.x y: an objective name must start with a letter"),
+    ([], GRID_DECODERS, "objectives: must be a non-empty mapping of objective name -> options"),
+    ({"elbo": {}}, {**GRID_DECODERS, "warm": {"family": "linear", "kl_warmup_steps": 10}},
+     "decoders.warm: with an `objectives` section the objective options belong there, not in a rung: "
+     "remove kl_warmup_steps"),
+    ({"elbo": {}}, {"a": {"family": "linear"}, "a__elbo": {"family": "linear", "conditional": False}},
+     None),  # linear has no `conditional`: refused as an option below
+])
+def test_a_bad_objectives_section_is_refused_naming_the_key(objectives, decoders, expected):
+    raw = {**copy.deepcopy(TINY_PARAMS), "decoders": decoders, "objectives": objectives}
+    with pytest.raises(ParamsError) as err:
+        parse_params(raw)
+    assert expected is None or expected in str(err.value), err.value
+
+
+def test_two_runs_of_one_name_are_refused():
+    decoders = {"a": {"family": "pixelcnn", "n_layers": 1},
+                "a__elbo": {"family": "pixelcnn", "n_layers": 1, "conditional": False}}
+    with pytest.raises(ParamsError, match="decoders.a__elbo: the run name 'a__elbo' is taken by another rung"):
+        parse_params({**copy.deepcopy(TINY_PARAMS), "decoders": decoders, "objectives": {"elbo": {}}})

@@ -32,6 +32,7 @@ from helpers import (
 
 from stages.errors import ParamsError
 from stages.layout import Layout
+from stages.live import read_history
 from stages.params import load_params
 from stages.studies import pipeline, study_path, write_pipeline
 
@@ -368,3 +369,35 @@ def test_a_named_study_reproduces_into_its_own_folders_leaving_the_default_untou
     results = pd.read_csv(study / "reports/tiny/results.csv")
     assert (results["epochs_trained"] <= 6).all()
     assert ran_stages(dvc(study, "repro", "profiles/tiny/dvc.yaml").stdout) == []
+
+
+def test_a_grid_study_reproduces_every_run_once_and_an_objective_added_reruns_only_its_runs(study):
+    """A tiny grid (two rungs with z x two objectives, a twin once, one seed) through real
+    `dvc repro`: one stage per run, the report with its grid; then a third objective in the
+    params is refused until the pipeline is regenerated, and only its new runs train."""
+    grid = copy.deepcopy(PARAMS)
+    grid["seeds"] = [0]
+    grid["decoders"]["pixelcnn_2_alone"] = {**grid["decoders"]["pixelcnn_2"], "conditional": False}
+    grid["objectives"] = {"elbo": {}, "aggressive": {"aggressive": True, "aggressive_max_inner_steps": 4,
+                                                     "aggressive_check_every": 2}}
+    (study / "profiles/g").mkdir(parents=True)
+    (study / "profiles/g/params.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    sh(study, "vae-study", "study-pipeline", "g")
+    runs = ["linear__elbo", "linear__aggressive", "pixelcnn_2__elbo", "pixelcnn_2__aggressive", "pixelcnn_2_alone"]
+    ran = set(ran_stages(dvc(study, "repro", "profiles/g/dvc.yaml").stdout))
+    assert ran == {f"profiles/g/dvc.yaml:{s}" for s in ("validate", "binarize", "report",
+                                                         *(f"{st}@{r}-0" for st in ("train", "evaluate") for r in runs))}
+    claims = json.loads((study / "reports/g/claims.json").read_text())
+    assert "grid_objectives" in claims and "grid_top_against_alone" in claims
+    history = read_history(Layout(study, "g").history("pixelcnn_2__aggressive", 0))
+    assert history["aggressive"].iloc[0] == 1 and history["inner_steps_per_step"].iloc[0] >= 1
+
+    grid["objectives"]["beta"] = {"beta": 0.5}
+    (study / "profiles/g/params.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    refused = dvc(study, "repro", "profiles/g/dvc.yaml", check=False)
+    assert refused.returncode != 0 and "out of step with profiles/g/params.yaml" in refused.stderr
+    assert "vae-study study-pipeline g" in refused.stderr
+    sh(study, "vae-study", "study-pipeline", "g")
+    ran = set(ran_stages(dvc(study, "repro", "profiles/g/dvc.yaml").stdout))
+    assert {s for s in ran if "@" in s} == {f"profiles/g/dvc.yaml:{st}@{r}__beta-0"
+                                           for st in ("train", "evaluate") for r in ("linear", "pixelcnn_2")}

@@ -17,7 +17,8 @@ from stages.data import Split
 from stages.errors import TrainingDiverged
 from stages.live import EpochLog, read_history
 from stages.runtime import Precision
-from stages.train import Objective, converged, train_rung
+from stages.objectives import Objective
+from stages.train import converged, train_rung
 
 FP32 = Precision(torch.device("cpu"), None)
 
@@ -230,3 +231,52 @@ def test_training_writes_a_checkpoint_that_rebuilds_the_model(tmp_path):
     x = VALID.x[:4]
     with torch.no_grad():
         assert torch.isfinite(model.decoder.log_prob(x, torch.zeros(4, 4))).all()
+
+
+@pytest.mark.parametrize("craft, expected", [
+    (lambda s: s.update(model_state=list(s["model_state"].values())), "model_state is not a mapping of tensors"),
+    (lambda s: next(iter(s["model_state"].values())).fill_(float("nan")), "of model_state is not finite"),
+    (lambda s: s.pop("epoch"), "`epoch` None is not a finished epoch"),
+    (lambda s: s.update(epoch=99), "`epoch` 99 is not a finished epoch before the cap of 3"),
+    (lambda s: s.update(history="many"), "`history` is not one row per finished epoch"),
+    (lambda s: s["best"].pop("valid_elbo_nats"), "`best` lacks a valid epoch"),
+    (lambda s: s.update(optimizer_state={"state": {}, "param_groups": []}), "do not fit this run"),
+    (lambda s: s["model_state"].pop(next(iter(s["model_state"]))), "do not fit this run"),
+])
+def test_a_crafted_resume_file_is_refused_naming_the_field_and_that_it_can_be_deleted(tmp_path, craft, expected):
+    from stages.errors import CheckpointError
+
+    params = tiny_params()
+    config = dataclasses.replace(params.train, epochs=3)
+    args = (params.rung("linear"), params.encoder, config, 7, TRAIN, VALID, FP32)
+    scratch = tmp_path / ".scratch" / "train" / "linear-seed7.pt"
+    scratch.parent.mkdir(parents=True)
+    with pytest.raises(Interrupt):
+        train_rung(*args, resume_path=scratch, progress=False,
+                   on_epoch_end=lambda e: (_ for _ in ()).throw(Interrupt()))
+    state = load_checkpoint(scratch)
+    craft(state)
+    torch.save(state, scratch)  # as someone crafting the file would write it
+    with pytest.raises(CheckpointError) as err:
+        train_rung(*args, resume_path=scratch, progress=False)
+    assert str(scratch) in str(err.value) and expected in str(err.value), err.value
+    assert "resume state: delete it, and the run starts over" in str(err.value)
+
+
+def test_a_checkpoint_from_before_an_option_existed_still_matches_its_params(tmp_path):
+    """An option added later (here the objective's beta and aggressive training) at its default
+    describes the same model: the checkpoint loads; at another value it is refused."""
+    params = tiny_params()
+    config = dataclasses.replace(params.train, epochs=1)
+    state, _ = train_rung(params.rung("linear"), params.encoder, config, 0, TRAIN, VALID, FP32, progress=False)
+    for key in ("beta", "aggressive", "aggressive_max_inner_steps", "aggressive_check_every"):
+        del state["rung"][key]  # what a checkpoint written before these options holds
+    save_checkpoint(tmp_path / "old.pt", state)
+    model, rung, _ = load_model(tmp_path / "old.pt", params.rung("linear"), params.encoder)
+    assert rung == params.rung("linear")
+    other = dataclasses.replace(params.rung("linear"),
+                                objective=dataclasses.replace(params.rung("linear").objective, beta=0.5))
+    from stages.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not match params.yaml"):
+        load_model(tmp_path / "old.pt", other, params.encoder)

@@ -3,7 +3,7 @@
 Data flows one way, a module each: `collect` (read and check every input) -> `tables` (the
 results table in order of power) and `zadds` (each rung against its decoder alone) -> `claims`
 (the findings as named claims computed from the tables) -> `figures` -> `page` (Markdown and
-HTML). Imports follow it, except that `tables` and `zadds` use the vocabulary of `claims`
+HTML); a grid study (power x objective) adds `grid` (its table, claims and heatmaps) after zadds. Imports follow it, except that `tables` and `zadds` use the vocabulary of `claims`
 (roles, verdicts, `Claim`), which imports nothing of this package: there is no import cycle, and
 this package's `run` is the only place where all of them meet.
 
@@ -36,7 +36,7 @@ import pandas as pd
 from stages.fsutil import ensure_writable_dir, write_csv, write_json, write_text
 from stages.layout import Layout
 from stages.params import StudyParams
-from stages.report import claims, figures, page, zadds
+from stages.report import claims, figures, grid, page, zadds
 from stages.report.collect import ReportData, Run, collect, dvc_version, git_revision, read_baseline
 from stages.report.tables import (history_table, k_curve_table, paper_scale, power_of, role, summarize,
                                   training_runs)
@@ -54,7 +54,8 @@ def baseline_label(path: Path, baseline: pd.DataFrame) -> str:
 
 
 def study_claims(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
-                 k_curves: pd.DataFrame, threshold: float, z_adds: pd.DataFrame) -> list[claims.Claim]:
+                 k_curves: pd.DataFrame, threshold: float, z_adds: pd.DataFrame,
+                 cells: pd.DataFrame) -> list[claims.Claim]:
     per_seed = pd.DataFrame([{"rung": r, "seed": s, "kl_nats": run.metrics["kl_nats"]}
                              for (r, s), run in data.runs.items()])
     t = data.params.train
@@ -64,13 +65,18 @@ def study_claims(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
         versus = claims.versus_baseline(results, data.baseline, threshold, label)
         top = zadds.top_with_training(results, data.baseline, label)
     z_claims = (zadds.collapse_optimum(z_adds, results, threshold), zadds.what_z_adds(z_adds, results))
-    return claims.all_claims(results, per_seed, history, k_curves, threshold,
-                             claims.convergence(training_runs(data), results, t.patience,
-                                                t.min_delta_nats, t.epochs), versus, top, z_claims)
+    found = claims.all_claims(results, per_seed, history, k_curves, threshold,
+                              claims.convergence(training_runs(data), results, t.patience,
+                                                 t.min_delta_nats, t.epochs), versus, top, z_claims)
+    if not cells.empty:  # a grid study: its objectives' claims right after the headline
+        extra = [c for c in (grid.objectives_claim(cells), grid.top_against_alone(cells)) if c is not None]
+        found = found[:1] + extra + found[1:]
+    return found
 
 
 def build_figures(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
-                  k_curves: pd.DataFrame, threshold: float, z_adds: pd.DataFrame) -> dict[str, Any]:
+                  k_curves: pd.DataFrame, threshold: float, z_adds: pd.DataFrame,
+                  cells: pd.DataFrame) -> dict[str, Any]:
     """Every figure, in memory, keyed by file name; rungs in order of decoder power."""
     names, seed0 = list(results["rung"]), data.params.seeds[0]
     kl_sorted = np.array([np.mean([np.sort(data.runs[(r, s)].latent["kl_nats"].to_numpy())[::-1]
@@ -80,6 +86,7 @@ def build_figures(data: ReportData, results: pd.DataFrame, history: pd.DataFrame
     return {
         "headline": figures.headline(results, threshold),
         **({"kl_vs_z_adds": figures.kl_vs_z_adds(results, threshold)} if not z_adds.empty else {}),
+        **({"grid_heatmaps": grid.heatmaps(cells)} if not cells.empty else {}),
         "kl_training": figures.kl_training(history, names, side, threshold),
         "rate_distortion": figures.rate_distortion(results),
         "k_convergence": figures.k_convergence(k_curves, names, side),
@@ -106,15 +113,17 @@ def run(params: StudyParams, layout: Layout, compare_with: Path | None = None) -
     if not z_adds.empty:
         results = results.merge(z_adds, on="rung", how="left")
     history, k_curves = history_table(data), k_curve_table(data)  # shared by claims and figures
-    found = study_claims(data, results, history, k_curves, threshold, z_adds)
-    figs = build_figures(data, results, history, k_curves, threshold, z_adds)
+    cells = grid.grid_table(data, results) if data.params.cells else pd.DataFrame()
+    found = study_claims(data, results, history, k_curves, threshold, z_adds, cells)
+    figs = build_figures(data, results, history, k_curves, threshold, z_adds, cells)
     scale = paper_scale(data, results)
     provenance = {"git": git_revision(layout.root), "dvc": dvc_version()}
     for name, fig in figs.items():
         figures.save(fig, figure_dir, name)
     write_csv(out / "results.csv", results)
     write_json(out / "claims.json", {c.name: c.plain() for c in found})
-    doc = page.build(data, results, found, scale, provenance, list(figs), layout)
+    doc = page.build(data, results, found, scale, provenance, list(figs), layout, cells)
+
     write_text(out / "report.md", page.markdown(doc))
     write_text(out / "index.html", page.html(doc, figure_dir))
     print("\n".join(c.text for c in found))

@@ -40,6 +40,7 @@ PER_IMAGE_COLUMNS = ("test_index", "log_px_iw_nats", "elbo_nats", "log_px_given_
 PUBLISHED_COLUMNS = ("paper", "year", "binarization", "model", "ladder_rung", "nll_nats",
                      "nll_is_bound", "kl_nats", "importance_samples", "where")
 PAPER_TRAIN, PAPER_K, PAPER_TEST, PAPER_EPOCHS = 50000, 5000, 10000, 100
+REMEDY_COLUMNS = ("paper", "year", "data", "model", "remedy", "kl_nats", "nll_nats", "where")
 BASELINE_COLUMNS = ("rung", "role", "uses_z", "n_seeds", "kl_nats", "kl_nats_std", "nll_iw_nats",
                     "nll_iw_nats_std", "iw_k", "n_test", "epochs_trained")
 
@@ -66,6 +67,7 @@ class ReportData:
     sources: dict[str, Any] | None  # download's sources.json, if present
     baseline: pd.DataFrame | None = None  # another study's results.csv, to compare KL with
     baseline_path: Path | None = None
+    remedies: pd.DataFrame | None = None  # published KL / NLL per remedy of collapse (a grid study)
 
 
 def _fix(path: Path, stage: str | None) -> str:
@@ -115,6 +117,8 @@ def _run_files(layout: Layout, r: str, s: int) -> dict[str, tuple[Path, str, Any
 def _inputs(params: StudyParams, layout: Layout) -> list[tuple[Path, str | None]]:
     """Every file the report reads, with the DVC stage that writes it (None: kept in git)."""
     files = [(layout.binarized_summary, "binarize"), (layout.reference, None)]
+    if params.cells:  # a grid study sets its remedies beside the published ones
+        files.append((layout.remedies, None))
     for r in params.decoders:
         for s in params.seeds:
             files += [(path, stage) for path, stage, *_ in _run_files(layout, r, s).values()]
@@ -167,7 +171,8 @@ def collect(params: StudyParams, layout: Layout) -> ReportData:
         sources = _json(layout.raw / "sources.json")
     except (OSError, ValueError, TypeError):
         sources = None
-    return ReportData(params, runs, summary, published, sources)
+    remedies = (_read(layout.remedies, None, pd.read_csv, REMEDY_COLUMNS) if params.cells else None)
+    return ReportData(params, runs, summary, published, sources, remedies=remedies)
 
 
 def check_one_evaluation(runs: dict[tuple[str, int], Run], layout: Layout) -> None:

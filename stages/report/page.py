@@ -19,6 +19,7 @@ import pandas as pd
 from stages.layout import Layout
 from stages.report import claims
 from stages.report.collect import ReportData
+from stages.schema import to_plain
 
 NUMBER = re.compile(r"^[-+\d.,±% ]*$")  # a table cell holding a number
 TITLE = "Posterior collapse in VAEs on binarized MNIST"
@@ -54,6 +55,13 @@ FIGURES = {  # name -> (title, caption); captions describe, the claims conclude
          "minus the VAE's NLL_IW, paired per test image; y, the VAE's KL. Mean ± std over seeds. "
          "Open markers: the collapsed solution's ELBO is not below the VAE's (better or within "
          "noise); filled: the VAE's ELBO is better.")),
+    "grid_heatmaps": (
+        "The grid: decoder power x training objective",
+        ("Rows: the objectives of the params' `objectives` section (the first, the plain ELBO, is "
+         "the reference); columns: the rungs with z in order of power. Left: KL; middle: the "
+         "mutual information I_q(x; z); right: the NLL_IW change against the reference cell of "
+         "the same power, paired per test image (red: worse likelihood). Mean and ± std over "
+         "seeds in each cell.")),
     "kl_training": (
         "KL and ELBO during training",
         ("Validation KL (left) and validation ELBO (right) against training images seen; lines "
@@ -119,6 +127,7 @@ class Page:
     title: str = TITLE
     baseline: Table | None = None  # this study's KL beside another study's, rung by rung
     z_adds: Table | None = None  # each rung beside its decoder alone
+    grid: list[Table] | None = None  # a grid study: its cells, and its top rung beside published remedies
     sources: str = "data/metrics, data/eval, data/history"
 
 
@@ -220,8 +229,12 @@ def setup_items(data: ReportData, results: pd.DataFrame, provenance: dict[str, s
     p, s = data.params, data.summary
     sources = sorted({v.get("source", "?") for v in (data.sources or {}).values() if isinstance(v, dict)})
     epochs = sorted({int(run.history["epoch"].max()) for run in data.runs.values()})
-    objectives = [f"`{name}`: {rung.objective}" for name, rung in p.decoders.items()
-                  if rung.objective.kl_warmup_steps or rung.objective.free_bits]
+    if p.objectives:  # a grid: every rung with z under each of these
+        objectives = [f"`{name}`: " + (options_text(o) or "the ELBO, the reference")
+                      for name, o in p.objectives.items()]
+    else:
+        objectives = [f"`{name}`: {options_text(rung.objective)}" for name, rung in p.decoders.items()
+                      if not rung.objective.is_elbo]
     ks, tests = sorted(set(results["iw_k"])), sorted(set(results["n_test"]))
     devices = sorted({f"{run.info.get('precision', '?')} on {run.info.get('device', '?')}"
                       for run in data.runs.values()})
@@ -236,8 +249,10 @@ def setup_items(data: ReportData, results: pd.DataFrame, provenance: dict[str, s
                         f"{', '.join(f'{n:,}' for n in tests)} test images, a random subset drawn "
                         f"with evaluate.seed {p.evaluate.seed}, the same for every rung and seed")),
         ("training schedule", schedule(p.train, epochs, s["train"]["n_images"])),
-        ("objective", "the ELBO for every rung (no KL warm-up, no free bits)" if not objectives
-         else "the ELBO, with mitigations on " + "; ".join(objectives)),
+        ("objective", "the ELBO for every rung (no KL warm-up, free bits, beta or aggressive "
+         "encoder training)" if not objectives else
+         ("the grid's objectives, each rung with z under every one: " if p.objectives else
+          "the ELBO, with mitigations on ") + "; ".join(objectives)),
         ("model", (f"diagonal Gaussian q(z|x), MLP encoder {list(p.encoder.hidden)}, latent dim "
                    f"{int(results['latent_dim'].max())}, prior N(0, I)")),
         ("seeds", ", ".join(map(str, p.seeds))),
@@ -290,10 +305,21 @@ def baseline_table(results: pd.DataFrame, found: list[claims.Claim], baseline: p
                  "subsets, so only large differences mean anything.")
 
 
+def changed_options(objective) -> dict:
+    """An objective's options that differ from the plain ELBO's."""
+    default = to_plain(type(objective)())
+    return {k: v for k, v in to_plain(objective).items() if v != default[k]}
+
+
+def options_text(objective) -> str:
+    return ", ".join(f"{k}={v}" for k, v in changed_options(objective).items())
+
+
 def ladder_table(data: ReportData, results: pd.DataFrame) -> Table:
     rows = []
     for r in results.itertuples():
-        options = {k: v for k, v in data.params.decoders[r.rung].plain().items() if k != "family"}
+        rung = data.params.decoders[r.rung]
+        options = {**to_plain(rung.decoder), **changed_options(rung.objective)}
         rows.append([f"`{r.rung}`", r.family, ROLE_LABEL[r.role], str(r.receptive_field),
                      ", ".join(f"{k}={v}" for k, v in options.items()), f"{r.n_params:,}"])
     return Table(["rung", "family", "role", "receptive field (pixels)", "options", "parameters"], rows,
@@ -303,8 +329,30 @@ def ladder_table(data: ReportData, results: pd.DataFrame) -> Table:
                  "gated_pixelcnn). Parameters include the encoder.")
 
 
+def grid_tables(data: ReportData, cells: pd.DataFrame) -> list[Table]:
+    """The grid's cells, and its strongest rung per objective beside published remedies."""
+    from stages.report.grid import top_beside_published  # the grid's own module, only for a grid
+
+    reference = next(iter(data.params.objectives))
+    rows = [[f"`{r.rung}`", f"`{r.objective}`", pm(r.kl_nats, r.kl_nats_std), pm(r.mi_nats, r.mi_nats_std),
+             pm(r.nll_iw_nats, r.nll_iw_nats_std),
+             "reference" if r.objective == reference else
+             f"{r.nll_change_nats:+.2f}" + ("" if pd.isna(r.nll_change_std) else f" ± {r.nll_change_std:.2f}"),
+             "" if pd.isna(r.z_adds_iw_nats) else pm(r.z_adds_iw_nats, r.z_adds_iw_std)]
+            for r in cells.itertuples()]
+    header, top = top_beside_published(cells, data.remedies)
+    return [Table(["rung", "objective", "KL (nats)", "MI (nats)", "NLL_IW (nats)",
+                   f"NLL_IW change vs `{reference}`", "what z adds by IW"], rows,
+                  "Every cell of the grid, mean ± std over seeds; the NLL_IW change and what z adds "
+                  "(NLL of the decoder alone minus NLL_IW) are paired per test image."),
+            Table(header, top, "The strongest rung under each objective beside published numbers of "
+                  "the same remedy (reference/remedies.csv): other data, decoders and training "
+                  "scales, shown for orientation, not as a comparison.")]
+
+
 def build(data: ReportData, results: pd.DataFrame, found: list[claims.Claim], scale: tuple[bool, str],
-          provenance: dict[str, str], figure_names: list[str], layout: Layout | None = None) -> Page:
+          provenance: dict[str, str], figure_names: list[str], layout: Layout | None = None,
+          cells: pd.DataFrame | None = None) -> Page:
     paper, scale_text = scale
     if paper:
         note = [(f"This run is paper-scale ({scale_text}): its numbers are comparable with the "
@@ -329,6 +377,7 @@ def build(data: ReportData, results: pd.DataFrame, found: list[claims.Claim], sc
                 ladder_table(data, results), f"{TITLE}: the {study} study" if study else TITLE,
                 baseline_table(results, found, data.baseline) if data.baseline is not None else None,
                 z_adds_table(results),
+                grid_tables(data, cells) if cells is not None and not cells.empty else None,
                 ", ".join(f"{data_dir}/{d}" for d in ("metrics", "eval", "history")))
 
 
@@ -355,6 +404,8 @@ def markdown(page: Page) -> str:
              "## What the numbers show", "\n".join(f"- {s}" for s in page.findings),
              f"![{head[1]}](figures/{head[0]}.png)\n\n*{head[2]}* ([SVG](figures/{head[0]}.svg))",
              "## Results", _md_table(page.results)]
+    if page.grid is not None:
+        parts += ["## The grid: power x objective", *(_md_table(t) for t in page.grid)]
     if page.z_adds is not None:
         parts += ["## What z adds, rung by rung", _md_table(page.z_adds)]
     if page.baseline is not None:
@@ -405,6 +456,8 @@ def html(page: Page, figure_dir: Path) -> str:
         + "".join(f"<li>{_inline(s)}</li>" for s in page.findings) + "</ul>",
         _html_figure(*head, figure_dir),
         "<h2>Results</h2>" + _html_table(page.results),
+        *(["<h2>The grid: power x objective</h2>" + "".join(_html_table(t) for t in page.grid)]
+          if page.grid else []),
         *(["<h2>What z adds, rung by rung</h2>" + _html_table(page.z_adds)] if page.z_adds else []),
         *(["<h2>Against the baseline</h2>" + _html_table(page.baseline)] if page.baseline else []),
         "<h2>Figures</h2>" + "".join(_html_figure(*f, figure_dir) for f in rest),

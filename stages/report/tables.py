@@ -25,7 +25,7 @@ def role(rung: Rung, uses_z: bool) -> str:
     """What a rung is on the ladder: a point of the power trend, or a marked side rung."""
     if not uses_z:
         return claims.NO_Z
-    if rung.objective.kl_warmup_steps or rung.objective.free_bits:
+    if not rung.objective.is_elbo:
         return claims.MITIGATED
     if getattr(rung.decoder, "z_pathway", "spatial") == "bias":
         return claims.COMPARISON

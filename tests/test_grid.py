@@ -1,0 +1,145 @@
+"""A grid study (power x objective): its params expand into runs, its pipeline lists them, and
+its report renders heatmaps and claims computed from known numbers."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from helpers import TINY_PARAMS, dvc, sh
+from test_report import LADDER, make_project, params_dict, write_run
+
+from stages import report
+from stages.errors import ParamsError
+from stages.layout import Layout
+from stages.params import parse_params
+from stages.report import grid
+from stages.studies import check_grid_pipeline, write_pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+OBJECTIVES = {"elbo": {}, "beta": {"beta": 0.8}, "aggressive": {"aggressive": True}}
+
+
+def grid_project(root: Path) -> tuple:
+    """mlp and pixelcnn_2 under three objectives, pixelcnn_uncond (pixelcnn_2's twin) once, two
+    seeds: `beta` keeps 3 nats more KL than the ELBO at every power for 0.5 nats of NLL_IW;
+    `aggressive` changes nothing beyond noise."""
+    raw = params_dict(seeds=(0, 1), rungs=("mlp", "pixelcnn_2", "pixelcnn_uncond"))
+    raw["decoders"]["pixelcnn_uncond"] = {**raw["decoders"]["pixelcnn_2"], "conditional": False}
+    raw["objectives"] = OBJECTIVES
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = parse_params(raw)
+    layout = Layout(root)
+    make_project(root, seeds=(0, 1), rungs=("mlp",))  # the summary and reference files
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    shutil.copy(REPO / "reference/remedies.csv", layout.remedies)
+    for run, cell in params.cells.items():
+        base = "pixelcnn_uncond" if run == "pixelcnn_uncond" else cell.rung
+        entry, numbers = LADDER[base]
+        for s in (0, 1):
+            v = dict(numbers)
+            v["kl"] += 0.05 * s
+            if cell.objective == "beta":
+                v.update(kl=v["kl"] + 3.0, rec=v["rec"] - 2.5, nll=v["nll"] + 0.5, mi=v["mi"] + 1.0)
+            if cell.objective == "aggressive":
+                v.update(kl=v["kl"] + 0.01)
+            write_run(layout, run, s, v, entry["family"])
+    return params, layout
+
+
+def test_the_grid_report_shows_each_objective_against_the_elbo_at_each_power(tmp_path):
+    params, layout = grid_project(tmp_path)
+    report.run(params, layout)
+    found = json.loads((layout.reports / "claims.json").read_text())
+    objectives = found["grid_objectives"]
+    assert objectives["numbers"]["beta"]["more_kl_at"] == ["mlp", "pixelcnn_2"]
+    assert objectives["numbers"]["aggressive"]["more_kl_at"] == []
+    assert "`aggressive` keeps more information in z than `elbo` at no power" in objectives["text"]
+    assert "NLL_IW change +0.50 ± 0.00 nats, worse beyond noise)" in objectives["text"]
+    top = found["grid_top_against_alone"]
+    assert top["numbers"]["rung"] == "pixelcnn_2" and top["numbers"]["better"] == []
+    assert "the decoder alone (`pixelcnn_uncond`)" in top["text"]
+    assert "`beta` 88.80 ± 0.00 (what z adds -0.80 ± 0.00: worse than the decoder alone)" in top["text"]
+    assert list(found)[:3] == ["collapse_optimum", "grid_objectives", "grid_top_against_alone"]
+    md = (layout.reports / "report.md").read_text()
+    assert "## The grid: power x objective" in md and "He et al., OMNIGLOT" in md
+    assert (layout.reports / "figures/grid_heatmaps.png").exists()
+    results = pd.read_csv(layout.reports / "results.csv").set_index("rung")
+    assert results.loc["mlp__beta", "role"] == "mitigated" and results.loc["mlp__elbo", "role"] == "trend"
+
+
+def test_an_objective_that_keeps_less_is_named_and_one_seed_never_counts(tmp_path):
+    cells = pd.DataFrame([
+        {"rung": "a", "objective": "elbo", "power": 0, "kl_nats": 5.0, "kl_nats_std": 0.1, "kl_change_nats": 0.0,
+         "kl_change_noise": 0.2, "nll_change_nats": 0.0, "nll_change_std": 0.0, "nll_change_se": 0.0},
+        {"rung": "a", "objective": "warm", "power": 0, "kl_nats": 3.0, "kl_nats_std": 0.1, "kl_change_nats": -2.0,
+         "kl_change_noise": 0.3, "nll_change_nats": -0.1, "nll_change_std": 0.5, "nll_change_se": 0.1},
+        {"rung": "a", "objective": "one", "power": 0, "kl_nats": 9.0, "kl_nats_std": math.nan,
+         "kl_change_nats": 4.0, "kl_change_noise": math.nan, "nll_change_nats": 0.1, "nll_change_std": math.nan,
+         "nll_change_se": 0.1}])
+    claim = grid.objectives_claim(cells)
+    assert claim.numbers["warm"] == {"more_kl_at": [], "less_kl_at": ["a"]}
+    assert claim.numbers["one"]["more_kl_at"] == []  # no spread: no verdict
+    assert "`warm` keeps more information in z than `elbo` at no power, and less at `a`" in claim.text
+
+
+def test_the_grid_pipeline_has_one_stage_per_run_and_seed_and_refuses_to_go_stale(tmp_path):
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    raw = copy.deepcopy(TINY_PARAMS)
+    raw["decoders"]["pixelcnn_2_alone"] = {**raw["decoders"]["pixelcnn_2"], "conditional": False}
+    raw["objectives"] = {"elbo": {}, "beta": {"beta": 0.5}}
+    profile = tmp_path / "profiles/g"
+    profile.mkdir(parents=True)
+    (profile / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    write_pipeline(tmp_path, "g")
+    stages = yaml.safe_load((profile / "dvc.yaml").read_text())["stages"]
+    runs = stages["train"]["foreach"]
+    assert list(runs) == ["linear__elbo-0", "linear__beta-0", "pixelcnn_2__elbo-0", "pixelcnn_2__beta-0",
+                          "pixelcnn_2_alone-0"]
+    assert runs["pixelcnn_2__beta-0"] == {"run": "pixelcnn_2__beta", "rung": "pixelcnn_2", "objective": "beta",
+                                          "seed": 0}
+    train = stages["train"]["do"]
+    assert "vae-study train ${item.run} --seed ${item.seed} --params profiles/g/params.yaml --study g" in train["cmd"]
+    assert train["params"] == [{"profiles/g/params.yaml": ["decoders.${item.rung}", "objectives.${item.objective}",
+                                                           "encoder", "train"]}]
+    assert train["outs"] == ["data/g/models/${item.run}/seed${item.seed}.pt"]
+    assert "objectives" in stages["report"]["params"][0]["profiles/g/params.yaml"]
+    assert "reports/results.csv" not in stages["report"]["deps"] and "--compare-with" not in stages["report"]["cmd"]
+    sh(tmp_path, "git", "init", "-q")
+    dvc(tmp_path, "init", "-q")
+    listed = dvc(tmp_path, "stage", "list", "profiles/g/dvc.yaml").stdout  # DVC expands it as written
+    assert "train@pixelcnn_2__beta-0" in listed and "evaluate@pixelcnn_2_alone-0" in listed
+    check_grid_pipeline(tmp_path, "g", parse_params(raw))  # in step: no complaint
+
+    raw["objectives"]["free"] = {"free_bits": 0.5}  # an objective added, the pipeline not regenerated
+    with pytest.raises(ParamsError, match=r"out of step with profiles/g/params.yaml or dvc.yaml \(runs the params make but "
+                                          r"it lacks: linear__free-0, pixelcnn_2__free-0\): run `vae-study "
+                                          r"study-pipeline g`"):
+        check_grid_pipeline(tmp_path, "g", parse_params(raw))
+
+
+def test_the_committed_grid_is_four_powers_by_five_objectives_with_twins_and_its_pipeline_in_step():
+    from stages.params import load_params
+
+    grid, default = load_params(REPO / "profiles/grid/params.yaml"), load_params(REPO / "params.yaml")
+    check_grid_pipeline(REPO, "grid", grid)  # `vae-study study-pipeline grid` was rerun after the last edit
+    rungs = {cell.rung for cell in grid.cells.values()}
+    with_z = {r for r in rungs if getattr(grid.decoders.get(f"{r}__elbo", grid.decoders.get(r)).decoder,
+                                          "conditional", True)}
+    assert len(with_z) >= 4 and len(grid.objectives) >= 5 and len(grid.seeds) >= 2
+    assert {o.beta < 1 for o in grid.objectives.values()} == {True, False}
+    assert any(o.aggressive for o in grid.objectives.values()) and any(o.free_bits for o in grid.objectives.values())
+    assert any(o.kl_warmup_steps for o in grid.objectives.values())
+    top = max(default.decoders, key=lambda r: default.decoders[r].family == "gated_pixelcnn"
+              and getattr(default.decoders[r].decoder, "conditional", True))
+    assert top in with_z  # the top rung of the power axis is a row of the grid
+    for r in with_z - {"mlp"}:
+        assert f"{r}_alone" in grid.decoders, r  # every autoregressive power has its decoder alone
+    assert (grid.binarize, grid.encoder, grid.train, grid.evaluate) == \
+        (default.binarize, default.encoder, default.train, default.evaluate)
