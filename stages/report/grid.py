@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from stages.errors import DataError
 from stages.report.claims import Claim, pm
 from stages.report.figures import STYLE
-from stages.report.zadds import noise
+from stages.report.zadds import noise, seed_stats
 
 REMEDIES = {"kl_warmup_steps": "kl_warmup", "free_bits": "free_bits", "beta": "beta", "aggressive": "aggressive"}
 
@@ -51,12 +51,6 @@ def _paired(data, a: str, b: str) -> list[np.ndarray]:
     return out
 
 
-def _mean_std_se(per_seed: list[np.ndarray]) -> tuple[float, float, float]:
-    means = np.array([d.mean() for d in per_seed])  # (S,)
-    se = float(np.mean([d.std(ddof=1) / math.sqrt(len(d)) for d in per_seed]))
-    return float(means.mean()), float(means.std(ddof=1)) if len(means) > 1 else math.nan, se
-
-
 def grid_table(data, results: pd.DataFrame) -> pd.DataFrame:
     """One row per (rung with z, objective), rungs in order of power, objectives in params order."""
     cells, objectives = data.params.cells, list(data.params.objectives)
@@ -70,7 +64,7 @@ def grid_table(data, results: pd.DataFrame) -> pd.DataFrame:
         for objective in objectives:
             run = f"{rung}__{objective}"
             r = by_run.loc[run]
-            change = _mean_std_se(_paired(data, run, base)) if run != base else (0.0, 0.0, 0.0)
+            change = seed_stats(_paired(data, run, base)) if run != base else (0.0, 0.0, 0.0)
             row: dict[str, Any] = {
                 "rung": rung, "objective": objective, "run": run, "power": int(r["power"]),
                 "remedy": remedy_of(data.params.objectives[objective]),

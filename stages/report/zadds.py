@@ -49,7 +49,7 @@ def twin_of(name: str, decoders: dict[str, Any], uses_z: dict[str, bool]) -> str
     return next((r for r in decoders if r != name and not uses_z[r] and key(r) == key(name)), None)
 
 
-def _stats(per_seed: list[np.ndarray]) -> tuple[float, float, float]:
+def seed_stats(per_seed: list[np.ndarray]) -> tuple[float, float, float]:
     """mean over seeds of the per-image mean, its std over seeds, and the mean standard error."""
     means = np.array([d.mean() for d in per_seed])  # (S,)
     se = np.mean([d.std(ddof=1) / math.sqrt(len(d)) if len(d) > 1 else math.nan for d in per_seed])
@@ -84,7 +84,7 @@ def z_adds_table(data, results: pd.DataFrame) -> pd.DataFrame:
         row: dict[str, Any] = {"rung": r.rung, "twin": twin, "n_seed_pairs": len(seeds),
                                "n_images": int(min(len(d) for d in iw))}
         for key, diffs in (("nll_alone", alone), ("z_adds_iw", iw), ("z_adds_elbo", elbo)):
-            row[f"{key}_nats"], row[f"{key}_std"], row[f"{key}_se"] = _stats(diffs)
+            row[f"{key}_nats"], row[f"{key}_std"], row[f"{key}_se"] = seed_stats(diffs)
         row["collapse"] = collapse_word(row["z_adds_elbo_nats"], row["z_adds_elbo_std"], row["z_adds_elbo_se"])
         rows.append(row)
     return pd.DataFrame(rows)
