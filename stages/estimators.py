@@ -5,7 +5,8 @@
   z_k ~ q(z|x). It is a stochastic lower bound, E[log p^_K(x)] <= log p(x), non-decreasing
   in K and exact as K -> infinity; K = 1 is the one-sample ELBO. The encoder runs once per
   image; samples are drawn and scored in chunks of at most `chunk_size` (image, sample)
-  pairs with a running logsumexp, so memory does not grow with K. Estimates at nested
+  pairs with a running logsumexp, so memory does not grow with K; a decoder that ignores z is
+  scored once per image, whatever K. Estimates at nested
   K' <= K (the first K' of the same draws) come for free.
 - `mutual_information`: I_q(x; z) = E_x KL[q(z|x) || p(z)] - KL[q(z) || p(z)]
                                   = E_x E_{q(z|x)} [log q(z|x) - log q(z)]
@@ -78,6 +79,9 @@ def iw_log_likelihood(model: VAE, x: torch.Tensor, k: int, chunk_size: int,
     checkpoints = sorted(set(checkpoints or []))
     b = x.shape[0]
     mu, logvar = model.encoder(x)  # (B,D) fp32, once per image
+    # A decoder that ignores z (the decoder alone) gives every z_k the same log p(x|z_k) = log p(x):
+    # scored once per image, not once per sample; the draws and log_w are those of the chunked path.
+    log_px_fixed = None if model.decoder.uses_z else model.decoder.log_prob(x, mu).float()  # (B,)
     per_chunk = max(1, chunk_size // b)  # samples per decoder call
     running = torch.full((b,), -math.inf, device=x.device)  # logsumexp of log_w so far
     sum_log_px_z = torch.zeros(b, device=x.device)
@@ -86,7 +90,8 @@ def iw_log_likelihood(model: VAE, x: torch.Tensor, k: int, chunk_size: int,
     while done < k:
         kc = min(per_chunk, k - done)
         z = reparameterize(mu, logvar, kc, generator)  # (B,kc,D)
-        log_px_z = model.decoder.log_prob_k(x, z).float()  # (B,kc)
+        log_px_z = (model.decoder.log_prob_k(x, z).float() if log_px_fixed is None
+                    else log_px_fixed[:, None].expand(b, kc))  # (B,kc)
         log_w = log_px_z + log_standard_normal(z) - log_normal(z, mu[:, None], logvar[:, None])
         cum = torch.logaddexp(running[:, None], torch.logcumsumexp(log_w, dim=1))  # (B,kc)
         for kk in checkpoints:

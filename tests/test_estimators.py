@@ -128,6 +128,39 @@ def test_the_encoder_runs_once_per_image_and_chunks_bound_the_decoder_batch():
     assert max(decoder_pairs) <= 64 and sum(decoder_pairs) == 10 * 5000
 
 
+def test_a_decoder_that_ignores_z_is_scored_once_per_image_with_the_chunked_paths_estimate():
+    """The decoder alone is run once per image, whatever K, and gives the estimate (every K')
+    of the same decoder made conditional with z's pathway zeroed, which the chunked path scores
+    sample by sample: the same draws, the same log_w."""
+    torch.manual_seed(0)
+    config = PixelCNNDecoder.Config(n_layers=2, channels=4)
+    conditional = build_decoder("pixelcnn", config, 3)
+    with torch.no_grad():
+        for p in conditional.z_path.parameters():
+            p.zero_()
+    alone = build_decoder("pixelcnn", PixelCNNDecoder.Config(n_layers=2, channels=4, conditional=False), 3)
+    missing = alone.load_state_dict(conditional.state_dict(), strict=False)
+    assert not missing.missing_keys and all(k.startswith("z_path") for k in missing.unexpected_keys)
+    encoder = encoder_with_fixed_posterior(3, 0.4, math.log(0.5))
+    x, k, chunk = images(6), 200, 12  # 2 samples per image per decoder call
+    estimates, head_calls = {}, {}
+    for name, dec in (("conditional", conditional), ("alone", alone)):
+        calls = []
+        dec.head.register_forward_hook(lambda m, inp, out, calls=calls: calls.append(out.shape[0]))
+        model = VAE(encoder, dec).eval()
+        assert model.decoder.uses_z == (name == "conditional")
+        estimates[name] = iw_log_likelihood(model, x, k, chunk, g(3), k_checkpoints(k))
+        head_calls[name] = calls
+    assert head_calls["alone"] == [6]  # one pass over the batch, not one per chunk of samples
+    assert sum(head_calls["conditional"]) == 6 * k
+    for kk in k_checkpoints(k):
+        torch.testing.assert_close(estimates["alone"].log_px_at[kk], estimates["conditional"].log_px_at[kk],
+                                   rtol=0, atol=1e-4, msg=f"K'={kk}")
+    torch.testing.assert_close(estimates["alone"].log_px, estimates["conditional"].log_px, rtol=0, atol=1e-4)
+    torch.testing.assert_close(estimates["alone"].mean_log_px_z, estimates["conditional"].mean_log_px_z,
+                               rtol=0, atol=1e-4)
+
+
 def test_chunk_smaller_than_the_batch_still_bounds_memory():
     model = one_dim_model()
     est = iw_log_likelihood(model, images(10), 3, 4, g())

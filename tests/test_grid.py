@@ -47,9 +47,15 @@ def grid_project(root: Path) -> tuple:
             v["kl"] += 0.05 * s
             if cell.objective == "beta":
                 v.update(kl=v["kl"] + 3.0, rec=v["rec"] - 2.5, nll=v["nll"] + 0.5, mi=v["mi"] + 1.0)
+            extra = None
             if cell.objective == "aggressive":
                 v.update(kl=v["kl"] + 0.01)
-            write_run(layout, run, s, v, entry["family"])
+                # on for 2 of 3 epochs; mlp's inner loops all end at the cap (100), and its MI
+                # sits at the cap log 10,000 of the valid images scored
+                inner = [100.0, 100.0, 0.0] if cell.rung == "mlp" else [40.0, 20.0, 0.0]
+                mi = [8.9, 9.19, 9.2] if cell.rung == "mlp" else [1.0, 2.0, 1.5]
+                extra = {"aggressive": [1.0, 1.0, 0.0], "inner_steps_per_step": inner, "valid_mi_nats": mi}
+            write_run(layout, run, s, v, entry["family"], extra)
     return params, layout
 
 
@@ -62,11 +68,21 @@ def test_the_grid_report_shows_each_objective_against_the_elbo_at_each_power(tmp
     assert objectives["numbers"]["aggressive"]["more_kl_at"] == []
     assert "`aggressive` keeps more information in z than `elbo` at no power" in objectives["text"]
     assert "NLL_IW change +0.50 ± 0.00 nats, worse beyond noise)" in objectives["text"]
+    assert "+1.00, more beyond noise; NLL_IW change" in objectives["text"]  # MI beside the KL
+    phase = found["grid_aggressive_phase"]
+    assert phase["numbers"]["aggressive"]["phase_epochs"] == {"mlp": 2.0, "pixelcnn_2": 2.0}
+    assert phase["numbers"]["aggressive"]["capped_at"] == ["mlp"]
+    assert phase["numbers"]["aggressive"]["mi_at_cap_at"] == ["mlp"]
+    assert ("its phase lasted 2 of 3 epochs at `mlp` (100.0 encoder steps per decoder step), "
+            "2 of 3 epochs at `pixelcnn_2` (30.0 encoder steps") in phase["text"]
+    assert "every inner loop ran to the cap at `mlp`, where the encoder may" in phase["text"]
+    assert "log M = 9.21 at `mlp`, where the estimate can only creep up" in phase["text"]
     top = found["grid_top_against_alone"]
     assert top["numbers"]["rung"] == "pixelcnn_2" and top["numbers"]["better"] == []
     assert "the decoder alone (`pixelcnn_uncond`)" in top["text"]
     assert "`beta` 88.80 ± 0.00 (what z adds -0.80 ± 0.00: worse than the decoder alone)" in top["text"]
-    assert list(found)[:3] == ["collapse_optimum", "grid_objectives", "grid_top_against_alone"]
+    assert list(found)[:4] == ["collapse_optimum", "grid_objectives", "grid_aggressive_phase",
+                               "grid_top_against_alone"]
     md = (layout.reports / "report.md").read_text()
     assert "## The grid: power x objective" in md and "He et al., OMNIGLOT" in md
     assert (layout.reports / "figures/grid_heatmaps.png").exists()

@@ -90,8 +90,10 @@ def blur(x: np.ndarray) -> np.ndarray:
     return np.clip(0.05 + 0.9 * p, 0, 1)
 
 
-def write_run(layout: Layout, rung: str, seed: int, v: dict, family: str) -> None:
-    """metrics, eval files and history of one (rung, seed), as evaluate and train write them."""
+def write_run(layout: Layout, rung: str, seed: int, v: dict, family: str,
+              history_extra: dict | None = None) -> None:
+    """metrics, eval files and history of one (rung, seed), as evaluate and train write them;
+    `history_extra`: more per-epoch columns (3 epochs), as an aggressive run logs them."""
     elbo = v["rec"] + v["kl"]
     metrics = {"nll_iw_nats": v["nll"], "nll_iw_stderr_nats": v["se"], "iw_k": K, "n_test": N_TEST,
                "nll_elbo_nats": elbo, "kl_nats": v["kl"], "rec_nats": v["rec"],
@@ -137,7 +139,7 @@ def write_run(layout: Layout, rung: str, seed: int, v: dict, family: str) -> Non
                             "train_kl_nats": valid_kl, "train_rec_nats": v["rec"] + 10 / epochs,
                             "valid_elbo_nats": -elbo - 8 / epochs, "valid_kl_nats": valid_kl,
                             "valid_rec_nats": v["rec"] + 8 / epochs, "beta": 1.0,
-                            "seconds": 4.0})
+                            "seconds": 4.0, **(history_extra or {})})
     epoch_log = EpochLog(layout.history(rung, seed))  # the training stage's own logger
     for row in history.to_dict("records"):
         epoch_log.log(row)

@@ -69,7 +69,8 @@ def study_claims(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
                               claims.convergence(training_runs(data), results, t.patience,
                                                  t.min_delta_nats, t.epochs), versus, top, z_claims)
     if not cells.empty:  # a grid study: its objectives' claims right after the headline
-        extra = [c for c in (grid.objectives_claim(cells), grid.top_against_alone(cells)) if c is not None]
+        extra = [c for c in (grid.objectives_claim(cells), grid.aggressive_claim(cells),
+                               grid.top_against_alone(cells)) if c is not None]
         found = found[:1] + extra + found[1:]
     return found
 

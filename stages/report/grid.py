@@ -9,8 +9,10 @@ first objective is the plain ELBO, the reference. Per cell (rung, objective), ov
 - what z adds (NLL of the decoder alone minus NLL_IW, `stages.report.zadds`).
 
 Claims: for each objective, at which powers it keeps more information in z than the ELBO beyond
-two combined seed std, and at what NLL_IW change (`objectives_claim`); whether at the strongest
-rung any objective's NLL_IW beats the decoder alone's beyond noise (`top_against_alone`).
+two combined seed std (KL, with MI beside it), and at what NLL_IW change (`objectives_claim`);
+how long an aggressive objective's phase lasted and whether its caps bound it
+(`aggressive_claim`); whether at the strongest rung any objective's NLL_IW beats the decoder
+alone's beyond noise (`top_against_alone`).
 A difference counts only beyond max(two seed std, two per-image standard errors), as in zadds.
 """
 
@@ -72,12 +74,41 @@ def grid_table(data, results: pd.DataFrame) -> pd.DataFrame:
                                             "nll_iw_nats", "nll_iw_nats_std")},
                 "nll_change_nats": change[0], "nll_change_std": change[1], "nll_change_se": change[2]}
             base_row = by_run.loc[base]
-            row["kl_change_nats"] = row["kl_nats"] - float(base_row["kl_nats"])
-            row["kl_change_noise"] = 2 * math.hypot(row["kl_nats_std"], float(base_row["kl_nats_std"]))
+            for key in ("kl", "mi"):
+                row[f"{key}_change_nats"] = row[f"{key}_nats"] - float(base_row[f"{key}_nats"])
+                row[f"{key}_change_noise"] = 2 * math.hypot(row[f"{key}_nats_std"], float(base_row[f"{key}_nats_std"]))
+            row["mi_cap_nats"] = float(r["mi_cap_nats"])
+            row.update(aggressive_phase(data, run, data.params.objectives[objective]))
             for key in ("twin", "nll_alone_nats", "z_adds_iw_nats", "z_adds_iw_std", "z_adds_iw_se"):
                 row[key] = r[key] if key in r.index else math.nan
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def aggressive_phase(data, run: str, objective) -> dict[str, float]:
+    """How long a run's aggressive phase lasted and how many encoder steps it took per decoder
+    step, mean over seeds (NaN for other objectives), from the training history; with the
+    validation MI that decides when the phase ends, at the last epoch, and that estimate's cap
+    log M (M: the validation images scored each epoch)."""
+    if not objective.aggressive:
+        return {}
+    epochs, trained, inner, mi = [], [], [], []
+    for s in data.params.seeds:
+        h = data.runs[(run, s)].history
+        if not {"aggressive", "inner_steps_per_step", "valid_mi_nats"} <= set(h.columns):
+            raise DataError(f"report: the training history of `{run}` (seed {s}) has no aggressive "
+                            "phase columns; rerun its train stage (`dvc repro`)")
+        on = h[h["aggressive"] > 0]
+        epochs.append(len(on))
+        trained.append(len(h))
+        inner.extend(on["inner_steps_per_step"].to_numpy(float))
+        mi.append(float(h["valid_mi_nats"].iloc[-1]))
+    t, b = data.params.train, data.params.binarize
+    m = min(t.valid_subset or b.valid_size, b.valid_size)
+    return {"phase_epochs": float(np.mean(epochs)), "phase_of_epochs": float(np.mean(trained)),
+            "inner_steps": float(np.mean(inner)) if inner else math.nan,
+            "inner_cap": float(objective.aggressive_max_inner_steps),
+            "valid_mi_last_nats": float(np.mean(mi)), "valid_mi_cap_nats": math.log(m)}
 
 
 def _change_words(mean: float, std: float, se: float) -> str:
@@ -86,6 +117,20 @@ def _change_words(mean: float, std: float, se: float) -> str:
             else "better beyond noise")
     spread = "" if pd.isna(std) else f" ± {std:.2f}"
     return f"{mean:+.2f}{spread} nats, {word}"
+
+
+MI_AT_CAP_NATS = 0.05  # an MI estimate this close to its cap log M cannot show a rise
+
+
+def _mi_words(r) -> str:
+    """The MI of a cell against the reference cell: the information z carries, beside the KL
+    (its upper bound, the rate)."""
+    if r.mi_cap_nats - min(r.mi_nats, r.mi_nats - r.mi_change_nats) < MI_AT_CAP_NATS:
+        return (f"MI {pm(r.mi_nats, r.mi_nats_std)}, both at the estimate's cap log M = "
+                f"{r.mi_cap_nats:.2f}")
+    word = ("more beyond noise" if r.mi_change_nats > r.mi_change_noise else
+            "less beyond noise" if r.mi_change_nats < -r.mi_change_noise else "within noise")
+    return f"MI {pm(r.mi_nats, r.mi_nats_std)}, {r.mi_change_nats:+.2f}, {word}"
 
 
 def objectives_claim(grid: pd.DataFrame) -> Claim | None:
@@ -105,7 +150,8 @@ def objectives_claim(grid: pd.DataFrame) -> Claim | None:
         else:
             text = (f"`{objective}` keeps more information in z than `{reference}` at "
                     + "; ".join(f"`{r.rung}` (KL {pm(r.kl_nats, r.kl_nats_std)} nats, "
-                                f"{r.kl_change_nats:+.2f} against `{reference}`; NLL_IW change "
+                                f"{r.kl_change_nats:+.2f} against `{reference}`; {_mi_words(r)}; "
+                                "NLL_IW change "
                                 f"{_change_words(r.nll_change_nats, r.nll_change_std, r.nll_change_se)})"
                                 for r in more.itertuples()))
         if len(less):
@@ -117,6 +163,40 @@ def objectives_claim(grid: pd.DataFrame) -> Claim | None:
             "when worse): ")
     numbers["cells"] = grid.to_dict("records")  # the whole grid, as data
     return Claim("grid_objectives", head + "; ".join(parts) + ".", numbers)
+
+
+def aggressive_claim(grid: pd.DataFrame) -> Claim | None:
+    """What the aggressive objectives' phase did at each power: epochs on, encoder steps per
+    decoder step against the cap, and whether the MI that ends the phase sat at its own cap."""
+    if grid.empty or "phase_epochs" not in grid:
+        return None
+    rows = grid[grid["phase_epochs"].notna()]
+    if rows.empty:
+        return None
+    parts, numbers = [], {}
+    for objective in dict.fromkeys(rows["objective"]):
+        cells = rows[rows["objective"] == objective]
+        cap = int(cells["inner_cap"].iloc[0])
+        capped = list(cells.loc[cells["inner_steps"] >= cells["inner_cap"] - 1e-9, "rung"])
+        near = cells[cells["valid_mi_cap_nats"] - cells["valid_mi_last_nats"] < MI_AT_CAP_NATS]
+        numbers[objective] = {"phase_epochs": dict(zip(cells["rung"], cells["phase_epochs"])),
+                              "inner_steps": dict(zip(cells["rung"], cells["inner_steps"])),
+                              "capped_at": capped, "mi_at_cap_at": list(near["rung"])}
+        text = (f"`{objective}` (at most {cap} encoder steps per decoder step): its phase lasted "
+                + ", ".join(f"{r.phase_epochs:g} of {r.phase_of_epochs:g} epochs at `{r.rung}` "
+                            f"({r.inner_steps:.1f} encoder steps per decoder step)" for r in cells.itertuples())
+                + " (mean over seeds)")
+        if capped:
+            text += (f"; every inner loop ran to the cap at {', '.join(f'`{r}`' for r in capped)}, "
+                     "where the encoder may have been stopped while its loss was still falling")
+        if len(near):
+            r = near.iloc[0]
+            text += (f"; the validation MI that ends the phase was within {MI_AT_CAP_NATS} nats of "
+                     f"its cap log M = {r.valid_mi_cap_nats:.2f} at {', '.join(f'`{x}`' for x in near['rung'])}, "
+                     "where the estimate can only creep up and so never ends the phase")
+        parts.append(text)
+    return Claim("grid_aggressive_phase", "Aggressive inference-network training: " + "; ".join(parts) + ".",
+                 numbers)
 
 
 def top_against_alone(grid: pd.DataFrame) -> Claim | None:
