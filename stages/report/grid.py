@@ -87,7 +87,8 @@ def grid_table(data, results: pd.DataFrame) -> pd.DataFrame:
 
 def aggressive_phase(data, run: str, objective) -> dict[str, float]:
     """How long a run's aggressive phase lasted and how many encoder steps it took per decoder
-    step, mean over seeds (NaN for other objectives), from the training history; with the
+    step, mean over seeds, from the training history (nothing for other objectives: their
+    cells hold NaN in these columns of the grid table); with the
     validation MI that decides when the phase ends, at the last epoch, and that estimate's cap
     log M (M: the validation images scored each epoch)."""
     if not objective.aggressive:
