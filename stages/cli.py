@@ -111,9 +111,17 @@ def train(decoder: str = typer.Argument(..., help="a key of `decoders` in params
           progress: bool = PROGRESS) -> None:
     """Train one rung of the decoder ladder (resumes an interrupted run)."""
     from stages.layout import Layout
+    from stages.memory import check_training_fits
     from stages.train import run
 
-    run(study_params(params, seed), decoder, seed, Layout(root, study), progress=progress)
+    from stages.runtime import resolve_device, resolve_precision
+
+    config = study_params(params, seed)
+    precision = resolve_precision(config.train.precision, resolve_device())
+    if precision.device.type == "cpu":  # a GPU's memory is its own: torch's error names it
+        check_training_fits(config.rung(decoder), config.encoder, config.train.batch_size,
+                            bf16=precision.name == "bf16")
+    run(config, decoder, seed, Layout(root, study), progress=progress)
 
 
 @app.command()
@@ -189,8 +197,9 @@ def dvc_hint(stage: str, env: dict[str, str]) -> str:
     params_file = f"profiles/{study}/params.yaml" if study else "params.yaml"
     lines = []
     if env.get("DVC_EXP_BASELINE_REV"):
-        lines.append("Under `dvc exp run`, the values given with -S are already written into "
-                     f"{params_file}: fix the value there, or `git checkout -- {params_file}` to undo it.")
+        lines.append("Under `dvc exp run`, any values given with -S are already written into "
+                     f"{params_file}: fix the value there (`git diff {params_file}` shows every "
+                     f"uncommitted change), or undo them all with `git checkout -- {params_file}`.")
     if base == "validate":
         lines.append("No stage that reads the params file ran, and none of their outputs was touched.")
         return "\n".join(lines)
@@ -199,12 +208,32 @@ def dvc_hint(stage: str, env: dict[str, str]) -> str:
         lines.append(f"DVC removed the outputs of stage '{stage}' before running it. Once the problem "
                      f"is fixed, `dvc repro` renders them again; the rendered report is tracked by "
                      f"git: `git checkout -- {reports}` restores it.")
+    elif recorded_in_lock(stage) is False:
+        lock = f"profiles/{study}/dvc.lock" if study else "dvc.lock"
+        lines.append(f"Stage '{stage}' is not recorded in {lock}: it has never completed here, so "
+                     "DVC has no earlier outputs of it to restore. Once the problem is fixed, "
+                     "`dvc repro` computes them.")
     else:
         lines.append(f"DVC removed the outputs of stage '{stage}' before running it. Once the "
                      "problem is fixed, `dvc repro` recomputes them; `dvc checkout "
                      f"{shlex.quote(stage)}` restores the last ones from the DVC cache instead "
                      "(`dvc pull` fetches them from a remote).")
     return "\n".join(lines)
+
+
+def recorded_in_lock(stage: str, root: Path = Path(".")) -> bool | None:
+    """Whether the lock file of the stage's pipeline records it (DVC writes a stage there once it
+    has completed); None where that cannot be told (no lock file, or one that does not parse).
+    `stage` is DVC_STAGE: `name` for dvc.yaml, `profiles/<study>/dvc.yaml:name` for a study."""
+    from ruamel.yaml import YAML, YAMLError
+
+    pipeline, _, name = stage.rpartition(":")
+    lock = root / (Path(pipeline).with_suffix(".lock") if pipeline else Path("dvc.lock"))
+    try:
+        stages = YAML(typ="safe").load(lock.read_text()).get("stages", {})
+    except (OSError, YAMLError, AttributeError, UnicodeDecodeError):
+        return None
+    return name in stages if isinstance(stages, dict) else None
 
 
 def main() -> None:

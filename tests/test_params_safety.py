@@ -196,16 +196,40 @@ def test_where_repro_single_item_skips_validation_the_refusal_says_how_to_restor
     assert stage_status(study) == set()
 
 
-def test_the_restore_hint_names_a_named_studys_files_and_quotes_the_stage():
+def test_the_restore_hint_names_a_named_studys_files_and_quotes_the_stage(tmp_path, monkeypatch):
     from stages.cli import dvc_hint
+
+    monkeypatch.chdir(tmp_path)  # no lock file here: whether a stage ever ran cannot be told
 
     assert "`git checkout -- reports/long` restores it" in dvc_hint("profiles/long/dvc.yaml:report", {})
     assert "`dvc checkout profiles/long/dvc.yaml:train@mlp-0` restores" in dvc_hint(
         "profiles/long/dvc.yaml:train@mlp-0", {})
     exp = dvc_hint("profiles/long/dvc.yaml:validate", {"DVC_EXP_BASELINE_REV": "abc"})
-    assert "`git checkout -- profiles/long/params.yaml` to undo it" in exp
+    assert "undo them all with `git checkout -- profiles/long/params.yaml`" in exp
     assert "No stage that reads the params file ran" in exp
     assert "`dvc checkout 'train@x;rm -rf ~-0'` restores" in dvc_hint("train@x;rm -rf ~-0", {})
+
+
+def test_the_hint_for_a_stage_the_lock_does_not_record_promises_nothing_to_restore(tmp_path, monkeypatch):
+    """A stage that never completed (a new or misspelled rung) has no outputs in the cache:
+    the hint says so instead of pointing at `dvc checkout`; a recorded stage keeps the pointer."""
+    from stages.cli import dvc_hint, recorded_in_lock
+
+    (tmp_path / "profiles/long").mkdir(parents=True)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  train@mlp-0:\n    cmd: x\n")
+    (tmp_path / "profiles/long/dvc.lock").write_text("schema: '2.0'\nstages:\n  train@conv-1:\n    cmd: x\n")
+    monkeypatch.chdir(tmp_path)
+    assert recorded_in_lock("train@mlp-0") is True
+    assert recorded_in_lock("train@x;touch y-0") is False
+    assert recorded_in_lock("profiles/long/dvc.yaml:train@conv-1") is True
+    assert recorded_in_lock("profiles/long/dvc.yaml:train@mlp-0") is False
+    assert "`dvc checkout train@mlp-0` restores" in dvc_hint("train@mlp-0", {})
+    new = dvc_hint("train@x;touch y-0", {})
+    assert "not recorded in dvc.lock" in new and "dvc checkout" not in new
+    assert "not recorded in profiles/long/dvc.lock" in dvc_hint("profiles/long/dvc.yaml:evaluate@mlp-0", {})
+    (tmp_path / "dvc.lock").write_text("stages: [unclosed\n")
+    assert recorded_in_lock("train@mlp-0") is None  # cannot tell: the old pointer stands
+    assert "`dvc checkout train@mlp-0` restores" in dvc_hint("train@mlp-0", {})
 
 
 def test_a_valid_edit_reruns_the_validation_and_nothing_else_through_it(study):
