@@ -112,9 +112,8 @@ def train(decoder: str = typer.Argument(..., help="a key of `decoders` in params
     """Train one rung of the decoder ladder (resumes an interrupted run)."""
     from stages.layout import Layout
     from stages.memory import check_training_fits
-    from stages.train import run
-
     from stages.runtime import resolve_device, resolve_precision
+    from stages.train import run
 
     config = study_params(params, seed)
     precision = resolve_precision(config.train.precision, resolve_device())
@@ -209,9 +208,8 @@ def dvc_hint(stage: str, env: dict[str, str]) -> str:
                      f"is fixed, `dvc repro` renders them again; the rendered report is tracked by "
                      f"git: `git checkout -- {reports}` restores it.")
     elif recorded_in_lock(stage) is False:
-        lock = f"profiles/{study}/dvc.lock" if study else "dvc.lock"
-        lines.append(f"Stage '{stage}' is not recorded in {lock}: it has never completed here, so "
-                     "DVC has no earlier outputs of it to restore. Once the problem is fixed, "
+        lines.append(f"Stage '{stage}' is not recorded in {lock_file(stage)}: it has never completed "
+                     "here, so DVC has no earlier outputs of it to restore. Once the problem is fixed, "
                      "`dvc repro` computes them.")
     else:
         lines.append(f"DVC removed the outputs of stage '{stage}' before running it. Once the "
@@ -221,16 +219,21 @@ def dvc_hint(stage: str, env: dict[str, str]) -> str:
     return "\n".join(lines)
 
 
-def recorded_in_lock(stage: str, root: Path = Path(".")) -> bool | None:
+def lock_file(stage: str) -> Path:
+    """The lock file of the stage's pipeline, relative to the project root. `stage` is
+    DVC_STAGE: `name` for dvc.yaml, `profiles/<study>/dvc.yaml:name` for a study."""
+    pipeline = stage.rpartition(":")[0]
+    return Path(pipeline).with_suffix(".lock") if pipeline else Path("dvc.lock")
+
+
+def recorded_in_lock(stage: str) -> bool | None:
     """Whether the lock file of the stage's pipeline records it (DVC writes a stage there once it
-    has completed); None where that cannot be told (no lock file, or one that does not parse).
-    `stage` is DVC_STAGE: `name` for dvc.yaml, `profiles/<study>/dvc.yaml:name` for a study."""
+    has completed); None where that cannot be told (no lock file, or one that does not parse)."""
     from ruamel.yaml import YAML, YAMLError
 
-    pipeline, _, name = stage.rpartition(":")
-    lock = root / (Path(pipeline).with_suffix(".lock") if pipeline else Path("dvc.lock"))
+    name = stage.rpartition(":")[2]
     try:
-        stages = YAML(typ="safe").load(lock.read_text()).get("stages", {})
+        stages = YAML(typ="safe").load(lock_file(stage).read_text()).get("stages", {})
     except (OSError, YAMLError, AttributeError, UnicodeDecodeError):
         return None
     return name in stages if isinstance(stages, dict) else None

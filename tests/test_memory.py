@@ -37,7 +37,6 @@ def test_the_estimate_covers_the_measured_peak_of_a_real_training_step():
     probe = """
 import resource, torch
 from helpers import tiny_params
-from stages.errors import StudyError
 from stages.memory import training_step_bytes
 from stages.runtime import resolve_device, resolve_precision
 from stages.train import build_model
