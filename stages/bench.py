@@ -14,8 +14,8 @@
 - evaluate: decoder evaluations per second inside the IW estimator, for the mlp, the deepest
   conditional PixelCNN and the deepest conditional gated PixelCNN; and the bf16 IW NLL against
   fp32 on trained checkpoints;
-- peer (with --peer-dir): the gated decoder's step beside jxhe/vae-lagging-encoder's
-  (`stages.peer`);
+- peer (with --peer-dir): the gated decoder's step beside jxhe/vae-lagging-encoder's, and
+  ours again under torch.compile (`stages.peer`);
 - mlp_full_eval: the mlp rung's IW estimate at K = 5000 on all 10,000 test images, timed;
 - peak resident memory after each part.
 
