@@ -57,7 +57,8 @@ def _step(params, loss: Callable[[], torch.Tensor], autocast) -> Callable[[], No
     return step
 
 
-def ours(x: torch.Tensor, z: torch.Tensor, precision: Precision, compiled: bool = False) -> Callable[[], None]:
+def ours(x: torch.Tensor, z: torch.Tensor, precision: Precision,
+         compiled: bool = False) -> Callable[[], None]:
     """Our gated decoder's step; `compiled`: log p(x|z) under torch.compile (fixed shapes)."""
     config = DECODERS["gated_pixelcnn"].Config(n_layers=LAYERS, kernel_size=KERNELS[1],
                                                first_kernel_size=KERNELS[0], channels=CHANNELS)
@@ -67,7 +68,8 @@ def ours(x: torch.Tensor, z: torch.Tensor, precision: Precision, compiled: bool 
     return _step(decoder.parameters(), lambda: -log_prob(xb, z).mean(), precision.autocast)
 
 
-def compiled_step(x: torch.Tensor, z: torch.Tensor, precision: Precision) -> tuple[Callable[[], None] | None, dict]:
+def compiled_step(x: torch.Tensor, z: torch.Tensor,
+                  precision: Precision) -> tuple[Callable[[], None] | None, dict]:
     """Our compiled step, after its first call (the compilation, timed); None and the reason
     where torch.compile fails here (it needs a C++ compiler on a CPU)."""
     step = ours(x, z, precision, compiled=True)
@@ -75,7 +77,7 @@ def compiled_step(x: torch.Tensor, z: torch.Tensor, precision: Precision) -> tup
     try:
         step()
     except Exception as error:  # noqa: BLE001 - any backend failure only drops this row
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        reason = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
         print(f"torch.compile row skipped: {reason}")
         return None, {"skipped": reason}
     return step, {"first_step_s": time.perf_counter() - t0}
