@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import typer
 from torch.utils.flop_counter import FlopCounterMode
 
 from stages import peer
@@ -41,10 +42,11 @@ from stages.data import Split, load_splits
 from stages.estimators import iw_log_likelihood
 from stages.fsutil import write_json
 from stages.layout import Layout
+from stages.options import PARAMS, ROOT
 from stages.model.registry import IMAGE_SHAPE
 from stages.params import StudyParams
 from stages.runtime import Precision, generator, resolve_device, resolve_precision
-from stages.train import build_model
+from stages.model import build_model
 
 
 def peak_rss_mib() -> float:
@@ -256,3 +258,23 @@ def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = Tr
     write_json(out, result)
     print(f"wrote {out}")
     return result
+
+
+def command(params: Path = PARAMS, root: Path = ROOT,
+            out: Path = typer.Option(Path("reports/bench.json"), help="where to write the figures"),
+            full_mlp_eval: bool = typer.Option(True, "--full-mlp-eval/--quick",
+                                               help="also time the mlp at K=5000 on all test images"),
+            peer_dir: Path | None = typer.Option(None, "--peer-dir", help="a copy of jxhe/vae-lagging-encoder "
+                                                 "(the folder holding modules/): time its gated PixelCNN "
+                                                 "decoder beside ours (skipped without it)")) -> None:
+    """Measure speed against this machine's matmul peak (a benchmark, not a test)."""
+    from stages.errors import OutputError
+    from stages.fsutil import ensure_writable_dir
+    from stages.params import load_params
+    from stages.runtime import keep_freed_memory
+
+    if out.is_dir():  # checked before the benchmark, not after it
+        raise OutputError(f"--out {out} is a folder; give the file to write, e.g. {out / 'bench.json'}")
+    ensure_writable_dir(out.parent)
+    keep_freed_memory()
+    run(load_params(params), Layout(root), out, full_mlp_eval, peer_dir)

@@ -15,20 +15,42 @@ Binary images are stored as packed bits; the same params give byte-identical fil
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from stages.errors import DataError
 from stages.fsutil import write_json, write_npz
 from stages.idx import read_idx
-from stages.params import BinarizeConfig
+from stages.options import PARAMS, ROOT, STUDY
+from stages.schema import Errors, build, spec
+
+N_MNIST_TRAIN = 60000
 
 RAW_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 SPLIT_STREAM = {"train": 0, "valid": 1, "test": 2}
+
+
+@dataclass(frozen=True)
+class BinarizeConfig:
+    method: str = spec(choices=("static", "threshold", "dynamic"))
+    seed: int = spec(min=0, max=2**31 - 1)
+    valid_size: int = spec(min=1, max=N_MNIST_TRAIN - 1)
+    train_subset: int | None = spec(min=1, max=N_MNIST_TRAIN - 1)
+
+
+def parse_binarize(raw: Any, errors: Errors) -> BinarizeConfig | None:
+    """The `binarize` section, checked against the size of MNIST's training set."""
+    b = build(BinarizeConfig, raw, "binarize", errors)
+    if b is not None and b.train_subset is not None and b.train_subset + b.valid_size > N_MNIST_TRAIN:
+        errors.add("binarize.train_subset", f"got {b.train_subset}; with valid_size "
+                   f"{b.valid_size} at most {N_MNIST_TRAIN - b.valid_size} training images exist")
+    return b
 
 
 def read_raw(raw_dir: Path, part: str) -> tuple[np.ndarray, np.ndarray]:
@@ -101,3 +123,16 @@ def run(raw_dir: str | Path, out_path: str | Path, summary_path: str | Path,
     write_npz(out_path, arrays)
     write_json(summary_path, summary)
     return summary
+
+
+def command(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY) -> None:
+    """Write the binary train / valid / test splits."""
+    from stages.layout import Layout
+    from stages.paramsfile import read_yaml
+
+    errors = Errors()  # only its own section: the validate stage upstream checked the whole file
+    raw = read_yaml(params)
+    config = parse_binarize(raw.get("binarize") if isinstance(raw, dict) else None, errors)
+    errors.raise_if_any(str(params))
+    layout = Layout(root, study)
+    print(run(layout.raw, layout.binarized, layout.binarized_summary, config))

@@ -21,7 +21,7 @@ import torch
 
 from stages.errors import CheckpointError, TrainingDiverged
 from stages.fsutil import write_bytes
-from stages.model import VAE, EncoderConfig, GaussianEncoder, build_decoder
+from stages.model import VAE, EncoderConfig, build_model
 from stages.params import Rung, parse_rung
 from stages.schema import Errors, build, to_plain
 
@@ -130,8 +130,7 @@ def rebuild(state: dict[str, Any], path: str | Path = "checkpoint") -> tuple[VAE
     for key, tensor in weights.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise CheckpointError(f"{path}: weight {key} is not finite; {_remedy(Path(path))}")
-    model = VAE(GaussianEncoder(encoder_cfg), build_decoder(rung.family, rung.decoder,
-                                                             encoder_cfg.latent_dim))
+    model = build_model(rung, encoder_cfg)
     try:
         model.load_state_dict(weights)
     except (KeyError, RuntimeError) as e:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO, Protocol
 
+import typer
 from tqdm import tqdm
 
 from stages.errors import DownloadError
@@ -66,11 +67,8 @@ class Source(Protocol):
 
 
 def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(CHUNK), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def verify(path: Path, file: RawFile) -> str | None:
@@ -254,3 +252,9 @@ def download(out_dir: str | Path, files: Sequence[RawFile] = MNIST_FILES,
         print(f"{file.name}: verified ({served_by})")
     write_json(record_path, record)
     return record
+
+
+def command(out: Path = typer.Option(Path("data/raw"), help="folder for the IDX files"),
+            timeout: float = typer.Option(10.0, min=0.1, help="connect timeout per mirror, s")) -> None:
+    """Fetch the four MNIST IDX files, verified by SHA-256, trying each source in order."""
+    download(out, sources=default_sources(timeout))

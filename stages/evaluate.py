@@ -18,8 +18,8 @@ training means, the decoder alone of a factorized rung), images.npz and info.jso
 One evaluation's files are all new or all old: the eval folder is written whole in a temp folder
 and swapped in, then the metrics; info.json carries the digest of the metrics it was written
 with (`metrics_sha256`), so a metrics file from another evaluation is caught, and the digest of
-the code that evaluated (`code_sha256`: every source file of EVALUATION_CODE, each a dependency
-of the evaluate stage in dvc.yaml), so a report never mixes runs scored by different code.
+the code that evaluated (`code_sha256`: every source file the command runs, its import closure,
+which the evaluate stage in dvc.yaml lists as its deps), so a report never mixes runs scored by different code.
 """
 
 from __future__ import annotations
@@ -35,8 +35,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import typer
 from tqdm import tqdm
 
+from stages import closure
 from stages.checkpoint import load_model
 from stages.data import Split, load_splits
 from stages.errors import DataError
@@ -44,17 +46,13 @@ from stages.estimators import (active_units, independent_pixel_log_prob, iw_log_
                                mi_cap, mutual_information)
 from stages.fsutil import atomic_dir, ensure_writable_dir, write_csv, write_json, write_npz, write_text
 from stages.layout import Layout
+from stages.options import PARAMS, PROGRESS, ROOT, STUDY
 from stages.model import VAE
-from stages.params import EvaluateConfig, StudyParams
+from stages.params import EvaluateConfig, StudyParams, load_run_params
 from stages.probe import sampled_probe_accuracy
 from stages.runtime import Precision, derive_seed, generator, resolve_device, resolve_precision
 
 PROBE_STREAM, MI_STREAM, SAMPLE_STREAM, SUBSET_STREAM = 1, 2, 3, 4
-STAGES = Path(__file__).resolve().parent
-# The code an evaluation's numbers depend on, relative to stages/: each is a dependency of the
-# evaluate stage in dvc.yaml (a test checks), so DVC reruns every evaluation when it changes.
-EVALUATION_CODE = ("evaluate.py", "estimators.py", "probe.py", "model", "params.py", "data.py",
-                   "runtime.py", "checkpoint.py")
 
 
 @dataclass
@@ -197,15 +195,10 @@ def show_images(model: VAE, test: Split, config: EvaluateConfig,
             "sample_probs": arr(probs[n:]).astype(np.float16)}
 
 
-def code_sha256(root: Path = STAGES) -> str:
-    """sha256 over the path and bytes of every .py file of EVALUATION_CODE under `root`."""
-    digest = hashlib.sha256()
-    for name in EVALUATION_CODE:
-        path = root / name
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            data = f.read_bytes()
-            digest.update(f"{f.relative_to(root).as_posix()}\0{len(data)}\0".encode() + data)
-    return digest.hexdigest()
+def code_sha256(package_dir: Path = closure.STAGES) -> str:
+    """sha256 over the path and bytes of every file `vae-study evaluate` runs (its import
+    closure, `stages.closure`: the code deps of the evaluate stage in dvc.yaml)."""
+    return closure.code_sha256(closure.command_closure("evaluate", package_dir), package_dir)
 
 
 def metrics_text(metrics: dict) -> str:
@@ -243,3 +236,14 @@ def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: 
           f"(cap {m['mi_cap_nats']:.2f}) nats, "
           f"AU {m['active_units']}, probe {m['probe_accuracy']:.3f} ({m['seconds']:.0f}s)")
     return result.metrics
+
+
+def command(decoder: str = typer.Argument(..., help="a key of `decoders` in params.yaml"),
+            seed: int = typer.Option(0, min=0, help="training seed of the model"),
+            params: Path = PARAMS, root: Path = ROOT, study: str = STUDY,
+            progress: bool = PROGRESS) -> None:
+    """IW log-likelihood and collapse metrics of one trained rung on the test split."""
+    from stages.runtime import keep_freed_memory
+
+    keep_freed_memory()
+    run(load_run_params(params, seed), decoder, seed, Layout(root, study), progress=progress)

@@ -37,7 +37,7 @@ def training_step_bytes(rung: Rung, encoder: EncoderConfig, batch_size: int, bf1
     """An estimate, erring high, of the bytes one training step of `rung` holds at its peak."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from stages.train import build_model  # stages.train imports torch-heavy modules
+    from stages.model import build_model
 
     saved = 0
 

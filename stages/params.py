@@ -16,14 +16,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from stages.binarize import N_MNIST_TRAIN, BinarizeConfig, parse_binarize
 from stages.errors import ParamsError
 from stages.model import DECODERS, EncoderConfig
 from stages.paramsfile import (OBJECTIVE_NAME_RULE, RUNG_NAME_RULE, SEEDS_RULE, objective_name_ok, read_yaml,
                                rung_name_ok, seeds_ok)
 from stages.schema import Errors, build, did_you_mean, field_names, spec, to_plain
 
-N_MNIST_TRAIN = 60000
 N_MNIST_TEST = 10000
+# A rung's role on the ladder (`Rung.role`): only trend rungs are points of the power trend.
+TREND, COMPARISON, MITIGATED, NO_Z = "trend", "comparison", "mitigated", "no z"
 
 
 def _unit_interval_open(v: float) -> str | None:
@@ -32,14 +34,6 @@ def _unit_interval_open(v: float) -> str | None:
 
 def _positive(v: float) -> str | None:
     return None if v > 0 else "must be > 0"
-
-
-@dataclass(frozen=True)
-class BinarizeConfig:
-    method: str = spec(choices=("static", "threshold", "dynamic"))
-    seed: int = spec(min=0, max=2**31 - 1)
-    valid_size: int = spec(min=1, max=N_MNIST_TRAIN - 1)
-    train_subset: int | None = spec(min=1, max=N_MNIST_TRAIN - 1)
 
 
 @dataclass(frozen=True)
@@ -53,6 +47,10 @@ class TrainConfig:
                                 "epochs without a valid ELBO improvement (null: run every epoch)")
     min_delta_nats: float = spec(min=0.0, max=1000.0,
                                  doc="an improvement must beat the best valid ELBO by more than this")
+
+    def converged(self, epoch: int, best_epoch: int) -> bool:
+        """Early stopping: `patience` epochs after the best one have passed without a gain."""
+        return self.patience is not None and epoch - best_epoch >= self.patience
 
 
 @dataclass(frozen=True)
@@ -108,6 +106,22 @@ class Rung:
         """The complete entry, defaults filled in: what checkpoints store and compare."""
         return {"family": self.family, **to_plain(self.decoder), **to_plain(self.objective)}
 
+    @property
+    def uses_z(self) -> bool:
+        """False for a decoder alone (`conditional: false`): its likelihood ignores z."""
+        return getattr(self.decoder, "conditional", True)
+
+    @property
+    def role(self) -> str:
+        """What the rung is on the ladder: a point of the power trend, or a marked side rung."""
+        if not self.uses_z:
+            return NO_Z
+        if not self.objective.is_elbo:
+            return MITIGATED
+        if getattr(self.decoder, "z_pathway", "spatial") == "bias":
+            return COMPARISON
+        return TREND
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -138,13 +152,12 @@ class StudyParams:
 
 
 SECTIONS = {
-    "binarize": BinarizeConfig,
     "encoder": EncoderConfig,
     "train": TrainConfig,
     "evaluate": EvaluateConfig,
     "report": ReportConfig,
 }
-TOP_LEVEL = (*SECTIONS, "seeds", "decoders", "objectives")
+TOP_LEVEL = ("binarize", *SECTIONS, "seeds", "decoders", "objectives")
 CELL_JOIN = "__"  # a grid run's name (an objective name never holds it): <rung>__<objective>; a rung without z keeps its own name
 
 
@@ -226,9 +239,8 @@ def expand_grid(decoders: dict[str, Rung], objectives: dict[str, ObjectiveConfig
                            k for k, v in to_plain(rung.objective).items()
                            if v != to_plain(ObjectiveConfig())[k]))
             continue
-        uses_z = getattr(rung.decoder, "conditional", True)
-        for objective in objectives if uses_z else [reference]:
-            run = f"{name}{CELL_JOIN}{objective}" if uses_z else name
+        for objective in objectives if rung.uses_z else [reference]:
+            run = f"{name}{CELL_JOIN}{objective}" if rung.uses_z else name
             if len(run) > 64 or run in runs:
                 errors.add(f"decoders.{name}", f"the run name {run!r} is " + (
                     "longer than 64 characters" if len(run) > 64 else "taken by another rung"))
@@ -248,7 +260,8 @@ def parse_params(raw: Any, source: str = "params.yaml") -> StudyParams:
         if key not in TOP_LEVEL:
             errors.add(str(key), f"unknown section{did_you_mean(key, TOP_LEVEL)}; "
                                  f"allowed: {', '.join(TOP_LEVEL)}")
-    sections = {name: build(cls, raw.get(name), name, errors) for name, cls in SECTIONS.items()}
+    sections = {"binarize": parse_binarize(raw.get("binarize"), errors),
+                **{name: build(cls, raw.get(name), name, errors) for name, cls in SECTIONS.items()}}
     seeds = _parse_seeds(raw.get("seeds"), errors)
     decoders: dict[str, Rung] = {}
     raw_decoders = raw.get("decoders")
@@ -260,10 +273,6 @@ def parse_params(raw: Any, source: str = "params.yaml") -> StudyParams:
             rung = parse_rung(name, entry, f"decoders.{name}", errors)
             if rung is not None:
                 decoders[name] = rung
-    b = sections["binarize"]
-    if b is not None and b.train_subset is not None and b.train_subset + b.valid_size > N_MNIST_TRAIN:
-        errors.add("binarize.train_subset", f"got {b.train_subset}; with valid_size "
-                   f"{b.valid_size} at most {N_MNIST_TRAIN - b.valid_size} training images exist")
     t = sections["train"]
     if t is not None and t.patience is not None and t.patience >= t.epochs:
         errors.add("train.patience", f"got {t.patience}; with epochs {t.epochs} (the cap) it could "
@@ -279,3 +288,14 @@ def parse_params(raw: Any, source: str = "params.yaml") -> StudyParams:
 def load_params(path: str | Path = "params.yaml") -> StudyParams:
     """Read the file as DVC reads it (stages.paramsfile), then validate it."""
     return parse_params(read_yaml(path), str(path))
+
+
+def load_run_params(path: str | Path, seed: int) -> StudyParams:
+    """The validated params of one training seed's run, refusing a seed outside `seeds`: its
+    files would be outputs of no DVC stage (untracked, never in the report)."""
+    p = load_params(path)
+    if seed not in p.seeds:
+        have = ", ".join(map(str, p.seeds))
+        raise ParamsError(f"--seed {seed} is not in `seeds` of {path} ({have}): add it there "
+                          "first, so that DVC tracks the run and the report reads it")
+    return p

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from stages.errors import ParamsError
+from stages.options import PARAMS, ROOT, STUDY
 from stages.schema import Errors
 
 RUNG_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")  # use fullmatch: `$` would let "x\n" through
@@ -100,3 +101,15 @@ def check_names(path: str | Path) -> None:
     errors = Errors()
     name_problems(read_yaml(path), errors)
     errors.raise_if_any(str(path))
+
+
+def command(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY) -> None:
+    """Refuse a params file whose rung names or seeds are not safe in a command line.
+
+    The first command of every train and evaluate stage in dvc.yaml: it has nothing
+    interpolated into it, so it runs before DVC hands the shell a command built from a name.
+    """
+    from stages.layout import Layout
+
+    Layout(root, study)  # refuses a bad study name
+    check_names(params)

@@ -23,11 +23,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import typer
 import yaml
 
 from stages.errors import ParamsError
 from stages.fsutil import write_text
 from stages.layout import Layout
+from stages.options import ROOT
 from stages.paramsfile import read_yaml
 
 BASELINE = "reports/results.csv"  # the default study's results table, which a study compares with
@@ -160,3 +162,9 @@ def check_grid_pipeline(root: Path, study: str, params: Any) -> None:
         raise ParamsError(f"{target} is out of step with profiles/{study}/params.yaml or dvc.yaml"
                           f"{' (' + detail + ')' if detail else ''}: run `vae-study study-pipeline "
                           f"{study}`, then `dvc repro {target.relative_to(root)}` again")
+
+
+def command(name: str = typer.Argument(..., help="the study: profiles/<name>/params.yaml"),
+            root: Path = ROOT) -> None:
+    """Write profiles/<name>/dvc.yaml, the default pipeline run with that study's params."""
+    print(f"wrote {write_pipeline(root, name)}; run it with `dvc repro profiles/{name}/dvc.yaml`")

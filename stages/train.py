@@ -30,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 import torch
+import typer
 from tqdm import tqdm
 
 from stages.checkpoint import check_resume_state, describe, load_checkpoint, model_state, save_checkpoint
@@ -37,19 +38,16 @@ from stages.data import Split, load_splits
 from stages.errors import TrainingDiverged
 from stages.fsutil import ensure_writable_dir
 from stages.layout import Layout
+from stages.options import PARAMS, PROGRESS, ROOT, STUDY
 from stages.live import EpochLog
-from stages.model import VAE, EncoderConfig, GaussianEncoder, build_decoder
+from stages.model import VAE, EncoderConfig, build_model
 from stages.objectives import AggressivePhase, Objective, encoder_inner_loop, step_only, valid_mi
-from stages.params import Rung, StudyParams, TrainConfig
+from stages.params import Rung, StudyParams, TrainConfig, load_run_params
 from stages.runtime import (Precision, derive_seed, generator, resolve_device, resolve_precision,
                             seed_everything)
 from stages.schema import to_plain
 
 VALID_STREAM = 1_000_003  # generator streams: (seed, epoch) for training, (seed, VALID) for valid
-
-
-def build_model(rung: Rung, encoder: EncoderConfig) -> VAE:
-    return VAE(GaussianEncoder(encoder), build_decoder(rung.family, rung.decoder, encoder.latent_dim))
 
 
 @torch.no_grad()
@@ -67,11 +65,6 @@ def mean_elbo(model: VAE, split: Split, precision: Precision, batch_size: int,
         sums += torch.stack([t.elbo.sum(), t.kl.sum(), -t.log_px_z.sum()]).double().cpu()
     elbo, kl, rec = (sums / len(split)).tolist()
     return {"elbo": elbo, "kl": kl, "rec": rec}
-
-
-def converged(config: TrainConfig, epoch: int, best_epoch: int) -> bool:
-    """Early stopping: `patience` epochs after the best one have passed without a gain."""
-    return config.patience is not None and epoch - best_epoch >= config.patience
 
 
 def fingerprint(rung: Rung, encoder: EncoderConfig, config: TrainConfig, seed: int,
@@ -123,7 +116,7 @@ def train_rung(
             print(f"ignoring {resume_path}: it belongs to a run with other settings")
 
     for epoch in range(start_epoch, config.epochs + 1):
-        if best is not None and converged(config, epoch - 1, best["epoch"]):
+        if best is not None and config.converged(epoch - 1, best["epoch"]):
             break  # a resumed run that had already converged
         t0 = time.perf_counter()
         model.train()
@@ -182,7 +175,7 @@ def train_rung(
             best = {"epoch": epoch, "valid_elbo_nats": v["elbo"], "valid_kl_nats": v["kl"],
                     "model_state": model_state(model),
                     "optimizer_state": copy.deepcopy(optimizer.state_dict())}
-        stop = converged(config, epoch, best["epoch"])
+        stop = config.converged(epoch, best["epoch"])
         if stop:
             print(f"{rung.name} s{seed}: stopped after epoch {epoch}, {config.patience} epochs "
                   f"without a valid ELBO gain over {config.min_delta_nats} nats (best: epoch "
@@ -199,14 +192,15 @@ def train_rung(
 
     final = {**identity, "epoch": best["epoch"], "valid_elbo_nats": best["valid_elbo_nats"],
              "valid_kl_nats": best["valid_kl_nats"], "epochs_trained": len(history),
-             "converged": converged(config, len(history), best["epoch"]),
+             "converged": config.converged(len(history), best["epoch"]),
              "precision": precision.name, "model_state": best["model_state"],
              "optimizer_state": best["optimizer_state"]}
     return final, pd.DataFrame(history)
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: bool = True) -> Path:
@@ -231,3 +225,20 @@ def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: 
     save_checkpoint(model_path, state)
     scratch.unlink(missing_ok=True)
     return model_path
+
+
+def command(decoder: str = typer.Argument(..., help="a key of `decoders` in params.yaml"),
+            seed: int = typer.Option(0, min=0, help="training seed"),
+            params: Path = PARAMS, root: Path = ROOT, study: str = STUDY,
+            progress: bool = PROGRESS) -> None:
+    """Train one rung of the decoder ladder (resumes an interrupted run)."""
+    from stages.memory import check_training_fits
+    from stages.runtime import keep_freed_memory
+
+    keep_freed_memory()
+    config = load_run_params(params, seed)
+    precision = resolve_precision(config.train.precision, resolve_device())
+    if precision.device.type == "cpu":  # a GPU's memory is its own: torch's error names it
+        check_training_fits(config.rung(decoder), config.encoder, config.train.batch_size,
+                            bf16=precision.name == "bf16")
+    run(config, decoder, seed, Layout(root, study), progress=progress)

@@ -18,7 +18,7 @@ from stages import binarize, train
 from stages.idx import write_idx
 from stages.layout import Layout
 from stages.params import parse_params
-from stages.train import build_model
+from stages.model import build_model
 
 RAW_NAMES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

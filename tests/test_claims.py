@@ -9,7 +9,6 @@ import math
 import pandas as pd
 import pytest
 
-from stages import report
 from stages.report import claims, zadds
 from stages.params import parse_rung
 from stages.schema import Errors
@@ -107,12 +106,12 @@ def test_mitigated_comparison_and_no_z_roles_come_from_the_config():
     def rung(raw):
         return parse_rung("r", raw, "r", Errors())
 
-    assert report.role(rung({"family": "pixelcnn"}), True) == claims.TREND
-    assert report.role(rung({"family": "pixelcnn", "free_bits": 0.5}), True) == claims.MITIGATED
-    assert report.role(rung({"family": "pixelcnn", "kl_warmup_steps": 10}), True) == claims.MITIGATED
-    assert report.role(rung({"family": "pixelcnn", "z_pathway": "bias"}), True) == claims.COMPARISON
-    assert report.role(rung({"family": "pixelcnn", "conditional": False}), False) == claims.NO_Z
-    assert report.role(rung({"family": "mlp"}), True) == claims.TREND
+    assert rung({"family": "pixelcnn"}).role == claims.TREND
+    assert rung({"family": "pixelcnn", "free_bits": 0.5}).role == claims.MITIGATED
+    assert rung({"family": "pixelcnn", "kl_warmup_steps": 10}).role == claims.MITIGATED
+    assert rung({"family": "pixelcnn", "z_pathway": "bias"}).role == claims.COMPARISON
+    assert rung({"family": "pixelcnn", "conditional": False}).role == claims.NO_Z
+    assert rung({"family": "mlp"}).role == claims.TREND
 
 
 def history(kl_by_epoch: dict[str, list[float]]) -> pd.DataFrame:

@@ -39,7 +39,7 @@ import resource, torch
 from helpers import tiny_params
 from stages.memory import training_step_bytes
 from stages.runtime import resolve_device, resolve_precision
-from stages.train import build_model
+from stages.model import build_model
 params = tiny_params(decoders={"p": {"family": "pixelcnn", "n_layers": 4, "channels": 32}})
 prec = resolve_precision("bf16", resolve_device())
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -17,7 +17,8 @@ from stages.data import Split
 from stages.objectives import AggressivePhase, Objective, encoder_inner_loop, step_only
 from stages.params import ObjectiveConfig
 from stages.runtime import Precision, generator
-from stages.train import build_model, train_rung
+from stages.model import build_model
+from stages.train import train_rung
 
 FP32 = Precision(torch.device("cpu"), None)
 AGGRESSIVE = {"aggressive": True, "aggressive_max_inner_steps": 12, "aggressive_check_every": 3}

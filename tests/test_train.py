@@ -18,7 +18,7 @@ from stages.errors import TrainingDiverged
 from stages.live import EpochLog, read_history
 from stages.runtime import Precision
 from stages.objectives import Objective
-from stages.train import converged, train_rung
+from stages.train import train_rung
 
 FP32 = Precision(torch.device("cpu"), None)
 
@@ -50,9 +50,9 @@ class Interrupt(Exception):
 
 def test_converged_after_patience_epochs_without_a_gain():
     config = dataclasses.replace(tiny_params().train, epochs=10, patience=3)
-    assert [converged(config, epoch, best_epoch=2) for epoch in (2, 3, 4, 5, 6)] == \
+    assert [config.converged(epoch, best_epoch=2) for epoch in (2, 3, 4, 5, 6)] == \
         [False, False, False, True, True]
-    assert not converged(dataclasses.replace(config, patience=None), 10, best_epoch=1)
+    assert not dataclasses.replace(config, patience=None).converged(10, best_epoch=1)
 
 
 def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weights():

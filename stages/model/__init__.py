@@ -8,4 +8,10 @@ from stages.model import factorized, gated, pixelcnn  # noqa: F401  (registers t
 from stages.model.registry import DECODERS, Decoder, build_decoder
 from stages.model.vae import VAE, EncoderConfig, GaussianEncoder
 
-__all__ = ["DECODERS", "Decoder", "build_decoder", "VAE", "EncoderConfig", "GaussianEncoder"]
+__all__ = ["DECODERS", "Decoder", "build_decoder", "build_model", "VAE", "EncoderConfig", "GaussianEncoder"]
+
+
+def build_model(rung, encoder: EncoderConfig) -> VAE:
+    """The VAE of a rung (anything with `family` and `decoder`, the family's Config: a
+    `stages.params.Rung`) with the encoder of `encoder`."""
+    return VAE(GaussianEncoder(encoder), build_decoder(rung.family, rung.decoder, encoder.latent_dim))

@@ -26,7 +26,6 @@ from collections.abc import Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from stages.model.factorized import ConvTrunk
@@ -213,8 +212,6 @@ class AutoregressiveDecoder(Decoder):
 
     def log_prob_k(self, x, z):
         b, k, d = z.shape
-        if not self.uses_z:  # log p(x|z) is the same for every z: evaluate it once
-            return self.log_prob(x, z[:, 0]).unsqueeze(1).expand(b, k)  # (B,K)
         a0 = self._input(x)  # depends on x only: computed once per image
         context = self.conditioning(z.reshape(b * k, d))
         a0_k = tuple(a.repeat_interleave(k, dim=0) for a in a0) if isinstance(a0, tuple) \

@@ -32,17 +32,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import typer
 
 from stages.fsutil import ensure_writable_dir, write_csv, write_json, write_text
 from stages.layout import Layout
+from stages.options import PARAMS, ROOT, STUDY
 from stages.params import StudyParams
 from stages.report import claims, figures, grid, page, zadds
 from stages.report.collect import ReportData, Run, collect, dvc_version, git_revision, read_baseline
-from stages.report.tables import (history_table, k_curve_table, paper_scale, power_of, role, summarize,
+from stages.report.tables import (history_table, k_curve_table, paper_scale, power_of, summarize,
                                   training_runs)
 
 __all__ = ["ReportData", "Run", "collect", "history_table", "k_curve_table", "paper_scale", "power_of",
-           "read_baseline", "role", "run", "summarize", "training_runs"]
+           "read_baseline", "run", "summarize", "training_runs"]
 
 
 def baseline_label(path: Path, baseline: pd.DataFrame) -> str:
@@ -130,3 +132,13 @@ def run(params: StudyParams, layout: Layout, compare_with: Path | None = None) -
     print("\n".join(c.text for c in found))
     print(f"report: wrote {out}/results.csv, claims.json, report.md, index.html and {len(figs)} figures")
     return results
+
+
+def command(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY,
+            compare_with: Path | None = typer.Option(
+                None, "--compare-with", help="another study's results.csv (from the same code) "
+                "to compare this one's KL with, rung by rung")) -> None:
+    """Render reports/: the results table, the figures, report.md and index.html."""
+    from stages.params import load_params
+
+    run(load_params(params), Layout(root, study), compare_with=compare_with)

@@ -11,7 +11,7 @@ the rungs ordered by that power measure, with its spread over seeds, computed fr
 - `history`: rung, seed, epoch, images_seen, valid_kl_nats, valid_elbo_nats (training);
 - `k_curves`: rung, k, nll_iw_nats (mean over seeds).
 
-Roles (stages.report.tables.role): `trend` rungs are the points of the power axis; `comparison` (z as a
+Roles (stages.params.Rung.role): `trend` rungs are the points of the power axis; `comparison` (z as a
 per-channel bias), `mitigated` (KL warm-up, free bits) and `no z` (the decoder alone) rungs are
 shown but are never a point of the trend, the strongest rung, or the comparator of the baseline.
 
@@ -28,7 +28,8 @@ from typing import Any
 
 import pandas as pd
 
-TREND, COMPARISON, MITIGATED, NO_Z = "trend", "comparison", "mitigated", "no z"
+from stages.params import COMPARISON, MITIGATED, NO_Z, TREND  # noqa: F401  (the roles, used here and by page)
+
 COLLAPSED, KEPT, BORDERLINE, NOT_APPLICABLE, ONE_SEED = (
     "collapsed", "not collapsed", "borderline", "n/a (no z)", "no verdict (one seed)")
 CHANCE = 0.1  # probe accuracy of a z that says nothing about the digit (10 classes)

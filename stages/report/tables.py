@@ -18,18 +18,6 @@ from stages.model import build_decoder
 from stages.params import Rung
 from stages.report import claims
 from stages.report.collect import METRICS, PAPER_EPOCHS, PAPER_K, PAPER_TEST, PAPER_TRAIN, ReportData
-from stages.train import converged
-
-
-def role(rung: Rung, uses_z: bool) -> str:
-    """What a rung is on the ladder: a point of the power trend, or a marked side rung."""
-    if not uses_z:
-        return claims.NO_Z
-    if not rung.objective.is_elbo:
-        return claims.MITIGATED
-    if getattr(rung.decoder, "z_pathway", "spatial") == "bias":
-        return claims.COMPARISON
-    return claims.TREND
 
 
 def power_of(rung: Rung, latent_dim: int) -> tuple[int, int, float]:
@@ -53,7 +41,7 @@ def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
         m = pd.DataFrame([run.metrics for run in runs])
         uses_z = bool(runs[0].info["uses_z"])
         rf, family_rank, share = power_of(rung, data.params.encoder.latent_dim)
-        row: dict[str, Any] = {"rung": r, "family": rung.family, "role": role(rung, uses_z),
+        row: dict[str, Any] = {"rung": r, "family": rung.family, "role": rung.role,
                                "receptive_field": rf, "raster_share": share, "family_rank": family_rank,
                                "uses_z": uses_z,
                                "n_seeds": len(runs), "seeds": ";".join(str(s) for s in data.params.seeds)}
@@ -84,7 +72,7 @@ def training_runs(data: ReportData) -> pd.DataFrame:
     for (r, s), run in data.runs.items():
         trained, best = int(run.history["epoch"].max()), int(run.info["best_epoch"])
         rows.append({"rung": r, "seed": s, "epochs_trained": trained, "best_epoch": best,
-                     "converged": converged(data.params.train, trained, best)})
+                     "converged": data.params.train.converged(trained, best)})
     return pd.DataFrame(rows)
 
 

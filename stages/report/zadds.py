@@ -149,7 +149,7 @@ def collapse_optimum(z_adds: pd.DataFrame, results: pd.DataFrame, threshold: flo
         parts = ([f"the VAE's ELBO beats the decoder alone's log-likelihood beyond noise at "
                   f"{claims._names(worse['rung'])}"] if len(worse) else []) + \
                 ([f"the two are within noise of each other at {claims._names(ties['rung'])}"] if len(ties) else [])
-        text = (f"Collapse is not the ELBO's optimum beyond noise at any rung of the power axis: "
+        text = ("Collapse is not the ELBO's optimum beyond noise at any rung of the power axis: "
                 + "; ".join(parts) + f". At the strongest rung `{top.rung}` ({power_words(top)}) z adds "
                 f"{pm(top.z_adds_iw_nats, top.z_adds_iw_std)} nats by IW and "
                 f"{pm(top.z_adds_elbo_nats, top.z_adds_elbo_std)} by the ELBO (mean ± std over "
