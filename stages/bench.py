@@ -54,15 +54,8 @@ def peak_rss_mib() -> float:
 
 
 def best_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 2) -> float:
-    """The fastest of `repeats` timed calls, after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    """The fastest of `repeats` timed calls (torch.utils.benchmark), after `warmup` untimed ones."""
+    return peer.round_robin({"fn": fn}, rounds=repeats, warmup=warmup)["fn"]
 
 
 def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048) -> float:

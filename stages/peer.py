@@ -91,6 +91,14 @@ def theirs(cls: type, x: torch.Tensor, z: torch.Tensor, bf16: bool) -> Callable[
     return _step(decoder.parameters(), lambda: decoder.reconstruct_error(x, z[:, None]).mean(), autocast)
 
 
+def seconds_once(fn: Callable[[], Any]) -> float:
+    """One timed call of fn by torch.utils.benchmark, which synchronizes CUDA around it (a plain
+    clock would time only the kernel launches on a GPU) and fixes torch's thread count."""
+    from torch.utils.benchmark import Timer
+
+    return Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads()).timeit(1).mean
+
+
 def round_robin(steps: dict[str, Callable[[], None]], rounds: int = 5, warmup: int = 2) -> dict[str, float]:
     """Seconds per step of each case: the best of `rounds`, the cases interleaved."""
     for step in steps.values():
@@ -99,9 +107,7 @@ def round_robin(steps: dict[str, Callable[[], None]], rounds: int = 5, warmup: i
     best = {name: float("inf") for name in steps}
     for _ in range(rounds):
         for name, step in steps.items():
-            t0 = time.perf_counter()
-            step()
-            best[name] = min(best[name], time.perf_counter() - t0)
+            best[name] = min(best[name], seconds_once(step))
     return best
 
 

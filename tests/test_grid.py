@@ -68,8 +68,8 @@ def test_the_grid_report_shows_each_objective_against_the_elbo_at_each_power(tmp
     assert objectives["numbers"]["beta"]["more_kl_at"] == ["mlp", "pixelcnn_2"]
     assert objectives["numbers"]["aggressive"]["more_kl_at"] == []
     assert "`aggressive` keeps more information in z than `elbo` at no power" in objectives["text"]
-    assert "NLL_IW change +0.50 ± 0.00 nats, worse beyond noise)" in objectives["text"]
-    assert "+1.00, more beyond noise; NLL_IW change" in objectives["text"]  # MI beside the KL
+    assert "NLL_IW change +0.50 [+0.50, +0.50] nats, worse)" in objectives["text"]
+    assert "+1.00, more; NLL_IW change" in objectives["text"]  # MI beside the KL
     phase = found["grid_aggressive_phase"]
     assert phase["numbers"]["aggressive"]["phase_epochs"] == {"mlp": 3.0, "pixelcnn_2": 2.0}
     assert phase["numbers"]["aggressive"]["capped_at"] == ["mlp"]
@@ -83,26 +83,27 @@ def test_the_grid_report_shows_each_objective_against_the_elbo_at_each_power(tmp
     assert top["numbers"]["rung"] == "pixelcnn_2" and top["numbers"]["better"] == []
     assert "the decoder alone (`pixelcnn_uncond`)" in top["text"]
     assert "`beta` 88.80 ± 0.00 (what z adds -0.80 ± 0.00: worse than the decoder alone)" in top["text"]
-    assert list(found)[:4] == ["collapse_optimum", "grid_objectives", "grid_aggressive_phase",
+    assert list(found)[:5] == ["abstract", "collapse_optimum", "grid_objectives", "grid_aggressive_phase",
                                "grid_top_against_alone"]
+    assert "Of the remedies at `pixelcnn_2`, `beta` keeps more KL" in found["abstract"]["text"]
     md = (layout.reports / "report.md").read_text()
     assert "## The grid: power x objective" in md and "He et al., OMNIGLOT" in md
     assert (layout.reports / "figures/grid_heatmaps.png").exists()
     results = pd.read_csv(layout.reports / "results.csv").set_index("rung")
     assert results.loc["mlp__beta", "role"] == "mitigated" and results.loc["mlp__elbo", "role"] == "trend"
+    assert tuple(results.loc["mlp__beta", ["decoder", "objective"]]) == ("mlp", "beta")  # tidy: no splitting
 
 
 def test_an_objective_that_keeps_less_is_named_and_one_seed_never_counts(tmp_path):
-    cells = pd.DataFrame([
-        {"rung": "a", "objective": "elbo", "power": 0, "kl_nats": 5.0, "kl_nats_std": 0.1, "kl_change_nats": 0.0,
-         "kl_change_noise": 0.2, "nll_change_nats": 0.0, "nll_change_std": 0.0, "nll_change_se": 0.0},
-        {"rung": "a", "objective": "warm", "power": 0, "kl_nats": 3.0, "kl_nats_std": 0.1, "kl_change_nats": -2.0,
-         "kl_change_noise": 0.3, "nll_change_nats": -0.1, "nll_change_std": 0.5, "nll_change_se": 0.1},
-        {"rung": "a", "objective": "one", "power": 0, "kl_nats": 9.0, "kl_nats_std": math.nan,
-         "kl_change_nats": 4.0, "kl_change_noise": math.nan, "nll_change_nats": 0.1, "nll_change_std": math.nan,
-         "nll_change_se": 0.1}])
+    def cell(objective, kl, std, change, lo, hi):
+        return {"rung": "a", "objective": objective, "power": 0, "kl_nats": kl, "kl_nats_std": std,
+                "kl_change_nats": change, "kl_change_lo": lo, "kl_change_hi": hi,
+                "nll_change_nats": 0.0, "nll_change_std": 0.1, "nll_change_se": 0.05,
+                "nll_change_lo": -0.2, "nll_change_hi": 0.2}
+    cells = pd.DataFrame([cell("elbo", 5.0, 0.1, 0.0, 0.0, 0.0), cell("warm", 3.0, 0.1, -2.0, -2.3, -1.7),
+                          cell("one", 9.0, math.nan, 4.0, math.nan, math.nan)])
     claim = grid.objectives_claim(cells)
-    assert claim.numbers["warm"] == {"more_kl_at": [], "less_kl_at": ["a"]}
+    assert (claim.numbers["warm"]["more_kl_at"], claim.numbers["warm"]["less_kl_at"]) == ([], ["a"])
     assert claim.numbers["one"]["more_kl_at"] == []  # no spread: no verdict
     assert "`warm` keeps more information in z than `elbo` at no power, and less at `a`" in claim.text
 
@@ -166,13 +167,31 @@ def test_the_committed_grid_is_four_powers_by_five_objectives_with_twins_and_its
 def test_an_mi_at_its_estimators_cap_is_compared_only_where_it_is_the_higher_one():
     def cell(objective, kl, mi, mi_change):
         return {"rung": "a", "objective": objective, "power": 0, "kl_nats": kl, "kl_nats_std": 0.1,
-                "kl_change_nats": kl - 5.0, "kl_change_noise": 0.3, "mi_nats": mi, "mi_nats_std": 0.01,
-                "mi_change_nats": mi_change, "mi_change_noise": 0.03, "mi_cap_nats": 9.26,
-                "nll_change_nats": 0.0, "nll_change_std": 0.1, "nll_change_se": 0.05}
+                "kl_change_nats": kl - 5.0, "kl_change_lo": kl - 5.3, "kl_change_hi": kl - 4.7,
+                "mi_nats": mi, "mi_nats_std": 0.01, "mi_change_nats": mi_change,
+                "mi_change_lo": mi_change - 0.03, "mi_change_hi": mi_change + 0.03, "mi_cap_nats": 9.26,
+                "nll_change_nats": 0.0, "nll_change_std": 0.1, "nll_change_se": 0.05,
+                "nll_change_lo": -0.2, "nll_change_hi": 0.2}
     below = pd.DataFrame([cell("elbo", 5.0, 8.0, 0.0), cell("up", 8.0, 9.0, 1.0), cell("down", 8.0, 7.0, -1.0)])
     text = grid.objectives_claim(below).text
-    assert "MI ≥ 9.00 ± 0.01, +1.00, more beyond noise (a lower bound)" in text  # higher: still more
-    assert "MI 7.00 ± 0.01, -1.00, less beyond noise" in text
+    assert "MI ≥ 9.00 ± 0.01, +1.00, more (a lower bound)" in text  # higher: still more
+    assert "MI 7.00 ± 0.01, -1.00, less" in text
     at_cap = pd.DataFrame([cell("elbo", 5.0, 9.0, 0.0), cell("down", 8.0, 8.0, -1.0)])
     assert ("MI 8.00 ± 0.01, -1.00, not compared: within 0.5 nats of the estimate's cap log M = 9.26"
             in grid.objectives_claim(at_cap).text)
+
+
+def test_free_bits_are_judged_by_mi_because_their_kl_is_floored_by_construction():
+    def cell(objective, kl, change, mi_lo, mi_hi, floor):
+        return {"rung": "a", "objective": objective, "power": 0, "kl_nats": kl, "kl_nats_std": 0.1,
+                "kl_change_nats": change, "kl_change_lo": change - 0.2, "kl_change_hi": change + 0.2,
+                "mi_nats": 3.0, "mi_nats_std": 0.1, "mi_change_nats": (mi_lo + mi_hi) / 2,
+                "mi_change_lo": mi_lo, "mi_change_hi": mi_hi, "mi_cap_nats": 9.26, "kl_floor_nats": floor,
+                "nll_change_nats": 0.0, "nll_change_std": 0.1, "nll_change_se": 0.05,
+                "nll_change_lo": -0.2, "nll_change_hi": 0.2}
+    cells = pd.DataFrame([cell("elbo", 2.0, 0.0, 0.0, 0.0, 0.0), cell("free", 8.0, 6.0, -0.3, 0.2, 8.0),
+                          cell("beta", 5.0, 3.0, -0.3, 0.2, 0.0)])
+    claim = grid.objectives_claim(cells)
+    assert claim.numbers["free"] == {"more_kl_at": [], "less_kl_at": [], "judged_by": "mi", "kl_floor_nats": 8.0}
+    assert claim.numbers["beta"]["more_kl_at"] == ["a"]  # no floor: its KL is information it chose
+    assert "(judged by MI: free bits floor its KL at 8.00 nats by construction)" in claim.text

@@ -242,11 +242,13 @@ def test_the_report_renders_every_claim_with_its_numbers(rendered):
             "pathway_pixelcnn_3x3_bias", "training_order", "probe", "mutual_information", "bound_gap",
             "k_convergence"} <= set(found)
     trend = found["power_trend"]
-    # KL along power (mlp, conv, 3x3, 2-layer) = 22, 25, 9, 0.1: rho = -0.8, not monotone
-    assert trend["numbers"]["spearman_rho"] == pytest.approx(-0.8)
-    assert "falls with decoder power" in trend["text"] and "does not fall at every step" in trend["text"]
+    # KL along the receptive field (mlp, conv: 0, a tie; 3x3: 4; 2-layer) = 22, 25, 9, 0.1
+    assert trend["numbers"]["spearman_rho"] == pytest.approx(-math.sqrt(0.9))
+    assert trend["numbers"]["spearman_p"] == pytest.approx(4 / 24)
+    assert trend["numbers"]["step_words"] == ["undecided", "undecided"]  # one seed: no interval
+    assert "`mlp`/`conv` share a receptive field: a tie" in trend["text"] and "falls" not in trend["text"]
     assert found["kl_gone_at_top"]["numbers"]["top_rung"] == "pixelcnn_2"
-    assert found["kl_gone_at_top"]["numbers"]["share_gone"] == pytest.approx(1 - 0.1 / 23.5)
+    assert found["kl_gone_at_top"]["numbers"]["share_gone_percent"]["mean"] == pytest.approx(100 * (1 - 0.1 / 23.5))
     assert "(`pixelcnn_3x3`) keeps 9.00 nats" in found["pathway_pixelcnn_3x3_bias"]["text"]
     rows = {r["rung"]: r for r in found["what_z_adds"]["numbers"]["rows"]}
     assert rows["pixelcnn_2"]["twin"] == "pixelcnn_uncond"  # the same architecture without z
@@ -255,31 +257,34 @@ def test_the_report_renders_every_claim_with_its_numbers(rendered):
     assert rows["mlp"]["twin"] == "independent pixels"  # factorized: no trained twin
     assert rows["mlp"]["z_adds_iw_nats"] == pytest.approx(INDEPENDENT_NLL - 89.5, abs=1e-6)
     assert "pixelcnn_3x3" not in rows  # it has no twin in this ladder
-    optimum = found["collapse_optimum"]["numbers"]
-    assert optimum["first_rung"] == "pixelcnn_2" and optimum["rungs"] == ["pixelcnn_2"]
-    assert "Collapse becomes the ELBO's optimum at `pixelcnn_2`" in found["collapse_optimum"]["text"]
+    optimum = found["collapse_optimum"]["numbers"]  # one seed decides nothing
+    assert optimum["first_rung"] is None and optimum["unresolved"] == ["mlp", "conv", "pixelcnn_2"]
+    assert "it is unresolved at `mlp`, `conv`, `pixelcnn_2`" in found["collapse_optimum"]["text"]
+    assert found["abstract"]["sentences"][0].startswith("KL falls at no step up the power axis at 95 %")
+    assert found["abstract"]["scope"].startswith("Scope: MNIST, static binarization, ")
     assert found["mutual_information"]["numbers"]["lower_bounds"] == []
     md = (layout.reports / "report.md").read_text()
     for name, claim in found.items():
-        assert claim["text"] in md, name  # the page carries every generated claim
+        assert claim["text"] in md, name  # the page carries every generated claim and the answer
+    assert md.index("## The answer") < md.index("## What the numbers show") < md.index("## The question")
     assert "small-scale" in md and "NOT comparable" in md
 
 
-def test_a_threshold_verdict_needs_two_seed_std_of_clearance(tmp_path):
-    """3 seeds with KL spread: clear rungs get a verdict, one near the threshold is borderline."""
+def test_a_threshold_verdict_needs_its_95_percent_interval_clear_of_the_threshold(tmp_path):
+    """3 seeds with KL spread: clear rungs get a verdict, one near the threshold is unresolved."""
     spread = {0: -1.0, 1: 0.0, 2: 1.0}
     kl_offsets = {"pixelcnn_2": 0.05, "pixelcnn_3x3_bias": 0.3, "mlp": 1.0, "conv": 1.0,
                   "pixelcnn_3x3": 1.0}
     params, layout = make_project(tmp_path, seeds=(0, 1, 2),
                                   jitter=lambda r, s: {"kl": kl_offsets.get(r, 0.0) * spread[s]})
     results = report.run(params, layout).set_index("rung")
-    # pixelcnn_2: 0.1 ± 0.05 -> collapsed; the bias rung 0.6 ± 0.3 -> 0.6 + 0.6 > 1: borderline
+    # pixelcnn_2: 0.1 ± 0.05 -> [-0.02, 0.22]: collapsed; the bias rung 0.6 ± 0.3 -> [-0.15, 1.35]
     assert results.loc["pixelcnn_2", "verdict"] == "collapsed"
-    assert results.loc["pixelcnn_3x3_bias", "verdict"] == "borderline"
+    assert results.loc["pixelcnn_3x3_bias", "verdict"] == "unresolved"
     assert results.loc["mlp", "verdict"] == "not collapsed"
     assert results.loc["pixelcnn_uncond", "verdict"] == "n/a (no z)"
     text = claims_of(layout)["verdicts"]["text"]
-    assert "borderline" in text and "`pixelcnn_3x3_bias` (0.60 ± 0.30)" in text
+    assert "unresolved" in text and "`pixelcnn_3x3_bias` 0.60 [-0.15, 1.35]" in text
     md = (layout.reports / "report.md").read_text()
     assert "22.00 ± 1.00" in md and "Mean ± standard deviation over seeds 0, 1, 2" in md
 
@@ -298,7 +303,7 @@ def test_several_seeds_give_mean_and_std(tmp_path):
     assert table.loc["conv", "nll_iw_nats_std"] == pytest.approx(math.sqrt(2), abs=1e-5)
     assert (table["n_seeds"] == 2).all() and (table["seeds"] == "0;1").all()
     trend = claims_of(layout)["power_trend"]
-    assert "seed by seed" in trend["text"] and trend["numbers"]["spearman_rho_per_seed_std"] is not None
+    assert "with the 95 % interval of the change" in trend["text"] and len(trend["numbers"]["steps"]) == 2
 
 
 @pytest.mark.parametrize("victim", ["metrics", "images", "history", "summary", "reference"])
@@ -466,7 +471,7 @@ def test_cli_renders_the_report_and_reports_missing_files(tmp_path):
     cmd = [str(cli), "report", "--root", str(tmp_path), "--params", str(tmp_path / "params.yaml")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    assert "Spearman's rho between power and mean KL is -0.80" in done.stdout
+    assert "KL falls at no step up the power axis at 95 %" in done.stdout and "Scope: MNIST" in done.stdout
     for name in ("results.csv", "report.md", "index.html", "figures/headline.png"):
         assert (tmp_path / "reports" / name).stat().st_size > 0
     Layout(tmp_path).metrics("conv", 0).unlink()

@@ -38,7 +38,7 @@ from stages.fsutil import ensure_writable_dir, write_csv, write_json, write_text
 from stages.layout import Layout
 from stages.options import PARAMS, ROOT, STUDY
 from stages.params import StudyParams
-from stages.report import claims, figures, grid, page, zadds
+from stages.report import abstract, claims, figures, grid, page, zadds
 from stages.report.collect import ReportData, Run, collect, dvc_version, git_revision, read_baseline
 from stages.report.tables import (history_table, k_curve_table, paper_scale, power_of, summarize,
                                   training_runs)
@@ -70,6 +70,10 @@ def study_claims(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
     found = claims.all_claims(results, per_seed, history, k_curves, threshold,
                               claims.convergence(training_runs(data), results, t.patience,
                                                  t.min_delta_nats, t.epochs), versus, top, z_claims)
+    strength = zadds.strength_claim(z_adds, results) if not z_adds.empty else None
+    if strength is not None:  # beside what z adds
+        at = next((i + 1 for i, c in enumerate(found) if c.name == "what_z_adds"), len(found))
+        found = found[:at] + [strength] + found[at:]
     if not cells.empty:  # a grid study: its objectives' claims right after the headline
         extra = [c for c in (grid.objectives_claim(cells), grid.aggressive_claim(cells),
                                grid.top_against_alone(cells)) if c is not None]
@@ -88,7 +92,8 @@ def build_figures(data: ReportData, results: pd.DataFrame, history: pd.DataFrame
     side = set(results.loc[results["role"] != claims.TREND, "rung"])
     return {
         "headline": figures.headline(results, threshold),
-        **({"kl_vs_z_adds": figures.kl_vs_z_adds(results, threshold)} if not z_adds.empty else {}),
+        **({"strength": figures.strength(results, threshold),
+            "kl_vs_z_adds": figures.kl_vs_z_adds(results, threshold)} if not z_adds.empty else {}),
         **({"grid_heatmaps": grid.heatmaps(cells)} if not cells.empty else {}),
         "kl_training": figures.kl_training(history, names, side, threshold),
         "rate_distortion": figures.rate_distortion(results),
@@ -123,13 +128,16 @@ def run(params: StudyParams, layout: Layout, compare_with: Path | None = None) -
     provenance = {"git": git_revision(layout.root), "dvc": dvc_version()}
     for name, fig in figs.items():
         figures.save(fig, figure_dir, name)
+    answer, scope = abstract.abstract(found, results, threshold), abstract.scope_line(data, results)
     write_csv(out / "results.csv", results)
-    write_json(out / "claims.json", {c.name: c.plain() for c in found})
-    doc = page.build(data, results, found, scale, provenance, list(figs), layout, cells)
-
-    write_text(out / "report.md", page.markdown(doc))
-    write_text(out / "index.html", page.html(doc, figure_dir))
-    print("\n".join(c.text for c in found))
+    write_json(out / "claims.json", {"abstract": {"text": " ".join(answer), "sentences": answer,
+                                                  "scope": scope},
+                                     **{c.name: c.plain() for c in found}})
+    doc = page.build(data, results, found, scale, provenance, list(figs), layout, cells, answer, scope)
+    text = page.markdown(doc)
+    write_text(out / "report.md", text)
+    write_text(out / "index.html", page.html(text, figure_dir, doc.title))
+    print("\n".join([*answer, scope]))
     print(f"report: wrote {out}/results.csv, claims.json, report.md, index.html and {len(figs)} figures")
     return results
 

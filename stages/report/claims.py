@@ -15,8 +15,10 @@ Roles (stages.params.Rung.role): `trend` rungs are the points of the power axis;
 per-channel bias), `mitigated` (KL warm-up, free bits) and `no z` (the decoder alone) rungs are
 shown but are never a point of the trend, the strongest rung, or the comparator of the baseline.
 
-A per-rung verdict against the collapse threshold is given only when the seeds' mean is more than
-two seed standard deviations from it (Spearman's rho: rank correlation, ties averaged).
+Every comparison follows the one rule of `stages.report.stats`: a 95 % Student-t interval over
+seeds (Welch's for two groups of seeds, paired where pairs exist), decided only where the
+interval excludes the value compared with, else "unresolved" with the seeds that would resolve
+it; trends are Spearman's rho with n and the exact permutation p.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
+from stages.report import stats
 from stages.params import COMPARISON, MITIGATED, NO_Z, TREND  # noqa: F401  (the roles, used here and by page)
 
-COLLAPSED, KEPT, BORDERLINE, NOT_APPLICABLE, ONE_SEED = (
-    "collapsed", "not collapsed", "borderline", "n/a (no z)", "no verdict (one seed)")
+COLLAPSED, KEPT, UNRESOLVED, NOT_APPLICABLE, ONE_SEED = (
+    "collapsed", "not collapsed", "unresolved", "n/a (no z)", "no verdict (one seed)")
 CHANCE = 0.1  # probe accuracy of a z that says nothing about the digit (10 classes)
 MI_BOUND_MARGIN = 0.5  # an MI estimate within this many nats of log M is only a lower bound
 LAST_EPOCHS = 3  # the ordering along the power axis must hold over this many final epochs
@@ -64,25 +68,19 @@ def pm(mean: float, std: float, digits: int = 2, unit: str = "") -> str:
     return body + unit
 
 
+def kl_interval(row) -> stats.Interval:
+    """A results row's KL over its seeds: the 95 % t interval."""
+    return stats.Interval.of(row["kl_nats"], row["kl_nats_std"], int(row["n_seeds"]))
+
+
 def verdict(mean: float, std: float, n_seeds: int, threshold: float, uses_z: bool) -> str:
-    """Collapsed / not collapsed only when the mean is > 2 seed std from the threshold."""
+    """Collapsed / not collapsed only when the 95 % interval over seeds excludes the threshold."""
     if not uses_z:
         return NOT_APPLICABLE
     if n_seeds < 2 or pd.isna(std):
         return ONE_SEED
-    if mean + 2 * std < threshold:
-        return COLLAPSED
-    if mean - 2 * std > threshold:
-        return KEPT
-    return BORDERLINE
-
-
-def spearman(x: list[float] | pd.Series, y: list[float] | pd.Series) -> float:
-    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant."""
-    rx, ry = pd.Series(list(x), dtype=float).rank(), pd.Series(list(y), dtype=float).rank()
-    if len(rx) < 2 or rx.nunique() < 2 or ry.nunique() < 2:
-        return math.nan
-    return float(rx.corr(ry))
+    side = stats.Interval.of(mean, std, n_seeds).side(threshold)
+    return {"below": COLLAPSED, "above": KEPT}.get(side, UNRESOLVED)
 
 
 def strictly(values: list[float], decreasing: bool) -> bool:
@@ -99,49 +97,56 @@ def _names(rungs) -> str:
     return ", ".join(f"`{r}`" for r in rungs)
 
 
-def _rho_words(rho: float) -> str:
-    if pd.isna(rho):
-        return "shows no ordering (KL or power is constant)"
-    if rho <= -0.5:
-        return "falls with decoder power"
-    if rho >= 0.5:
-        return "rises with decoder power"
-    return "shows no consistent trend with decoder power"
+def steps(trend: pd.DataFrame, column: str = "kl_nats") -> list[dict[str, Any]]:
+    """The steps up the power axis between consecutive receptive fields (rungs of equal field
+    are ties, one group): each with the Welch interval of every pairwise change and its word,
+    'falls' / 'rises' only when every pair's interval says so, else 'flat'."""
+    groups = [g for _, g in trend.groupby("receptive_field", sort=True)]
+    out = []
+    for lo, hi in zip(groups, groups[1:]):
+        changes = [stats.difference(stats.Interval.of(b[column], b[f"{column}_std"], int(b["n_seeds"])),
+                                    stats.Interval.of(a[column], a[f"{column}_std"], int(a["n_seeds"])))
+                   for _, a in lo.iterrows() for _, b in hi.iterrows()]
+        words = {stats.step_word(c) for c in changes}
+        word = words.pop() if len(words) == 1 else "undecided" if "undecided" in words else "flat"
+        out.append({"from": list(lo["rung"]), "to": list(hi["rung"]), "word": word,
+                    "change": changes[0] if len(changes) == 1 else None,
+                    "from_field": int(lo["receptive_field"].iloc[0]),
+                    "to_field": int(hi["receptive_field"].iloc[0])})
+    return out
+
+
+def _group(names: list[str]) -> str:
+    return "/".join(f"`{r}`" for r in names)
 
 
 def power_trend(results: pd.DataFrame, per_seed: pd.DataFrame) -> Claim | None:
-    """Spearman's rho between power and mean KL over the trend rungs, and per seed."""
+    """KL along the power axis: Spearman's rho over the receptive field (ties averaged) with n
+    and its exact permutation p, and each step's 95 % interval."""
     trend = trend_rungs(results)
     if len(trend) < 3:
         return None
-    rho = spearman(trend["power"], trend["kl_nats"])
-    seeds = sorted(per_seed["seed"].unique())
-    per = []
-    for s in seeds:
-        kl = per_seed[per_seed["seed"] == s].set_index("rung")["kl_nats"]
-        if set(trend["rung"]) <= set(kl.index):
-            per.append(spearman(trend["power"], kl[trend["rung"]].to_numpy()))
-    per_s = pd.Series(per, dtype=float)
-    monotone = strictly(list(trend["kl_nats"]), decreasing=True)
-    spread = (f" (seed by seed: {pm(per_s.mean(), per_s.std(ddof=1))} over {len(per_s)} seeds)"
-              if len(per_s) > 1 else "")
-    rises = []  # steps up the axis where the mean KL does not fall
-    for lo, hi in zip(trend.itertuples(), list(trend.itertuples())[1:]):
-        if hi.kl_nats >= lo.kl_nats:
-            noise = 2 * math.hypot(lo.kl_nats_std, hi.kl_nats_std)
-            beyond = (" (beyond two combined seed std)" if not pd.isna(noise) and hi.kl_nats - lo.kl_nats > noise
-                      else " (within two combined seed std)" if not pd.isna(noise) else "")
-            rises.append(f"`{lo.rung}` -> `{hi.rung}`, {lo.kl_nats:.2f} -> {hi.kl_nats:.2f} nats{beyond}")
-    shape = ("; the mean KL falls at every step up the axis" if monotone else
-             "; the mean KL does not fall at every step up the axis: it rises at "
-             + "; ".join(rises))
-    text = (f"Along the power axis ({len(trend)} rungs, weakest first: {_names(trend['rung'])}), "
-            f"KL {_rho_words(rho)}: Spearman's rho between power and mean KL is {rho:.2f}"
-            f"{spread}{shape}.")
-    return Claim("power_trend", text, {"spearman_rho": rho, "spearman_rho_per_seed_mean": per_s.mean(),
-                                       "rises": rises,
-                                       "spearman_rho_per_seed_std": per_s.std(ddof=1),
-                                       "n_rungs": len(trend), "monotone_decreasing": monotone})
+    rho, p = stats.spearman(trend["receptive_field"], trend["kl_nats"])
+    walk = steps(trend)
+    words = [w["word"] for w in walk]
+    top_flat = bool(walk) and walk[-1]["word"] == "flat"
+    ties = [list(g["rung"]) for _, g in trend.groupby("receptive_field") if len(g) > 1]
+    by_word = {w: [f"{_group(x['from'])} -> {_group(x['to'])}" for x in walk if x["word"] == w]
+               for w in ("falls", "flat", "rises", "undecided")}
+    said = {"falls": "falls at", "flat": "is flat (the interval contains 0) at", "rises": "rises at",
+            "undecided": "is undecided (one seed) at"}
+    text = (f"KL along the power axis ({len(trend)} trend rungs by receptive field): Spearman's rho "
+            + ("undefined" if pd.isna(rho) else f"{rho:.2f}, exact p = {p:.3f}") + f" (n = {len(trend)}). "
+            + "; ".join(f"It {said[w]} {', '.join(v)}" for w, v in by_word.items() if v)
+            + (f"; {', '.join(_group(t) for t in ties)} share a receptive field: a tie, not an order" if ties else "")
+            + "." + (" KL plateaus at the top." if top_flat else "")
+            + " Each step's 95 % interval is in the table of steps.")
+    return Claim("power_trend", text, {
+        "spearman_rho": rho, "spearman_p": p, "n_rungs": len(trend), "step_words": words,
+        "steps": [{**{k: v for k, v in w.items() if k != "change"},
+                   "change": w["change"].plain() if w["change"] is not None else None} for w in walk],
+        "plateau_at_top": top_flat, "falls_everywhere": all(w == "falls" for w in words),
+        "first_rung": trend.iloc[0]["rung"], "top_rung": trend.iloc[-1]["rung"]})
 
 
 def kl_gone_at_top(results: pd.DataFrame, per_seed: pd.DataFrame) -> Claim | None:
@@ -156,36 +161,32 @@ def kl_gone_at_top(results: pd.DataFrame, per_seed: pd.DataFrame) -> Claim | Non
         if set(factorized["rung"]) | {top["rung"]} <= set(kl.index):
             base = kl[factorized["rung"]].mean()
             shares.append(1 - kl[top["rung"]] / base if base > 0 else math.nan)
-    shares_s = pd.Series(shares, dtype=float)
+    share = stats.interval([100 * v for v in shares])
     base_mean = factorized["kl_nats"].mean()
-    share = 1 - top["kl_nats"] / base_mean if base_mean > 0 else math.nan
     text = (f"At the strongest rung `{top['rung']}` (receptive field {int(top['receptive_field'])} "
-            f"pixels) KL is {pm(top['kl_nats'], top['kl_nats_std'])} nats against a mean of "
-            f"{base_mean:.2f} nats on the factorized rungs ({_names(factorized['rung'])}): "
-            f"{pm(100 * share, 100 * shares_s.std(ddof=1), 1)}% of it is gone"
-            + (" (spread: std of the share computed seed by seed)." if len(shares_s) > 1 else "."))
-    return Claim("kl_gone_at_top", text, {"top_rung": top["rung"], "share_gone": share,
-                                          "share_gone_std": shares_s.std(ddof=1),
+            f"pixels) KL is {kl_interval(top).text()} nats against {base_mean:.2f} nats, the mean of "
+            f"the factorized rungs ({_names(factorized['rung'])}): {share.text(1)}% of it is gone "
+            "(the share computed seed by seed).")
+    return Claim("kl_gone_at_top", text, {"top_rung": top["rung"], "share_gone_percent": share.plain(),
                                           "factorized_kl_nats": base_mean})
 
 
 def verdicts(results: pd.DataFrame, threshold: float) -> Claim:
-    """Which rungs collapsed, which kept z, which are borderline, by the 2-std rule."""
+    """Which rungs collapsed, which kept z, which are unresolved, by the 95 % interval."""
     ordered = results.sort_values("power")
-    groups = {v: ordered[ordered["verdict"] == v] for v in (COLLAPSED, KEPT, BORDERLINE, ONE_SEED)}
+    groups = {v: ordered[ordered["verdict"] == v] for v in (COLLAPSED, KEPT, UNRESOLVED, ONE_SEED)}
     parts = []
     for v, label in ((COLLAPSED, "collapsed"), (KEPT, "kept information in z"),
-                     (BORDERLINE, "borderline (within two seed std of the threshold, no verdict)"),
-                     (ONE_SEED, "without a verdict (one seed gives no spread)")):
+                     (UNRESOLVED, "unresolved (the interval contains the threshold)"),
+                     (ONE_SEED, "without a verdict (one seed gives no interval)")):
         g = groups[v]
         if len(g):
-            listed = ", ".join(f"`{r.rung}` ({pm(r.kl_nats, r.kl_nats_std)})" for r in g.itertuples())
+            listed = ", ".join(f"`{r.rung}`" + (
+                f" ({stats.seed_word(kl_interval(r._asdict()).seeds_to_resolve(threshold))})"
+                if v == UNRESOLVED else "") for r in g.itertuples())
             parts.append(f"{label}: {listed}")
-    no_z = ordered[ordered["verdict"] == NOT_APPLICABLE]
-    text = (f"Against the threshold KL < {threshold:g} nats, with a verdict only where the seeds' "
-            f"mean is more than two standard deviations from it: " + "; ".join(parts) + "."
-            + (f" {_names(no_z['rung'])} {'has' if len(no_z) == 1 else 'have'} no z: n/a."
-               if len(no_z) else ""))
+    text = (f"Collapse verdicts, KL < {threshold:g} nats by the 95 % interval over seeds (in the "
+            "results table): " + "; ".join(parts) + ".")
     return Claim("verdicts", text, {v: list(g["rung"]) for v, g in groups.items()})
 
 
@@ -202,18 +203,15 @@ def pathway(results: pd.DataFrame) -> list[Claim]:
         if twin is None:
             continue
         a, b = by_name.loc[name], by_name.loc[twin]
-        diff = b["kl_nats"] - a["kl_nats"]
-        spread = math.hypot(a["kl_nats_std"], b["kl_nats_std"]) if a["n_seeds"] > 1 else math.nan
-        clear = not pd.isna(spread) and abs(diff) > 2 * spread
-        text = (f"How z enters matters: with z as a per-channel bias, `{name}` keeps "
-                f"{pm(a['kl_nats'], a['kl_nats_std'])} nats of KL; the same architecture with the "
-                f"spatial pathway (`{twin}`) keeps {pm(b['kl_nats'], b['kl_nats_std'])} nats"
-                + (f", a difference of {diff:.2f} nats, more than two combined seed std." if clear
-                   else f", a difference of {diff:.2f} nats that is within two combined seed std."
-                   if not pd.isna(spread) else f", a difference of {diff:.2f} nats (one seed)."))
+        change = stats.difference(kl_interval(b), kl_interval(a))
+        side = change.side(0.0)
+        text = (f"How z enters: with z as a per-channel bias `{name}` keeps {kl_interval(a).text()} "
+                f"nats of KL; with the spatial pathway `{twin}` keeps {kl_interval(b).text()}; the "
+                f"difference, {change.text()} nats, is "
+                + ("decided" if side != "unresolved" else "unresolved") + " at 95 %.")
         out.append(Claim(f"pathway_{name}", text, {"bias_rung": name, "spatial_rung": twin,
-                                                   "kl_difference_nats": diff,
-                                                   "beyond_two_std": clear}))
+                                                   "kl_difference": change.plain(),
+                                                   "decided": side != "unresolved"}))
     return out
 
 
@@ -221,7 +219,7 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
     """Does the ordering of KL along the power axis change with training?
 
     Over the last LAST_EPOCHS epochs, a pair of trend rungs is *clearly ordered* at an epoch when
-    their mean validation KL differ by more than two combined seed std; the ordering is stable
+    the 95 % Welch interval of their mean validation KL's difference excludes 0; the ordering is stable
     when no pair that is clearly ordered at some epoch of that window is reversed at another.
     Pairs never clearly ordered are ties within seed spread, whichever way their means fall.
     """
@@ -243,14 +241,17 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
     mean, std = mean[names], std[names]
     epochs = list(mean.index)
     orders = {e: tuple(mean.loc[e].sort_values(ascending=False).index) for e in epochs}
-    rhos = {e: spearman(trend["power"], mean.loc[e].to_numpy()) for e in epochs}
+    rhos = {e: stats.spearman(trend["receptive_field"], mean.loc[e].to_numpy())[0] for e in epochs}
     changes = sum(orders[a] != orders[b] for a, b in zip(epochs, epochs[1:]))
     last = epochs[-LAST_EPOCHS:]
     reversed_pairs, ties = [], []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             diff = mean.loc[last, a] - mean.loc[last, b]  # (epochs,)
-            clear = diff.abs() > 2 * (std.loc[last, a] ** 2 + std.loc[last, b] ** 2) ** 0.5
+            clear = pd.Series([stats.difference(
+                stats.Interval.of(mean.loc[e, a], std.loc[e, a], int(runs_per_rung[a])),
+                stats.Interval.of(mean.loc[e, b], std.loc[e, b], int(runs_per_rung[b]))).side() != "unresolved"
+                for e in last], index=last)
             signs = set(diff[diff != 0].apply(lambda d: d > 0))
             if clear.any() and len(signs) > 1:
                 reversed_pairs.append((a, b))
@@ -260,25 +261,54 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
     span = f"epochs {last[0]}-{last[-1]}"
     reach = (f", the epochs every run of a trend rung reached before it stopped (they end between epoch "
              f"{epochs[-1]} and {int(reached.index.max())})" if ragged else "")
+    rho_values = [v for v in rhos.values() if not pd.isna(v)]
+    rho_range = (f"between {min(rho_values):.2f} and {max(rho_values):.2f}, {rhos[epochs[-1]]:.2f} at the "
+                 "last" if rho_values else "undefined")
     text = (f"Training length: over epochs {epochs[0]}-{epochs[-1]} (validation KL, mean over "
-            f"seeds{reach}), Spearman's rho between power and KL per epoch is "
-            f"{', '.join(f'{rhos[e]:.2f}' for e in epochs)}, and the ordering of the mean KL "
-            f"changes {changes} time(s). ")
+            f"seeds{reach}), Spearman's rho between receptive field and KL per epoch is {rho_range}, "
+            f"and the ordering of the mean KL changes {changes} time(s). ")
     if len(last) < 2:
         text += f"The schedule is too short to test stability ({len(last)} epoch)."
     elif stable:
-        text += (f"Over the last {len(last)} epochs ({span}) no two rungs whose KL differ by more "
-                 "than two seed std trade places: the ordering is stable"
+        text += (f"Over the last {len(last)} epochs ({span}) no two rungs whose KL differ at 95 % "
+                 "trade places: the ordering is stable"
                  + (f"; {pairs(ties)} stay within seed spread of each other and swap places "
                     "without a clear difference." if ties else "."))
     else:
         text += (f"Over the last {len(last)} epochs ({span}) the ordering is NOT stable: "
-                 f"{pairs(reversed_pairs)} trade places after being more than two seed std apart; "
+                 f"{pairs(reversed_pairs)} trade places after differing at 95 %; "
                  "the conclusion depends on the training length.")
     return Claim("training_order", text, {"stable_over_last_epochs": stable,
                                           "rho_per_epoch": [rhos[e] for e in epochs],
                                           "n_order_changes": changes,
                                           "reversed_pairs": reversed_pairs, "ties": ties})
+
+
+def kl_slope(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None:
+    """Is KL still moving when training stops? Per trend rung, the least-squares slope of the
+    validation KL over each run's last LAST_EPOCHS epochs (nats per epoch), 95 % interval over
+    seeds: 'still rising' only where the interval is above 0."""
+    trend = trend_rungs(results)
+    rows = []
+    for r in trend.itertuples():
+        slopes = []
+        for _, run in history[history["rung"] == r.rung].groupby("seed"):
+            last = run.sort_values("epoch").tail(LAST_EPOCHS)
+            if len(last) >= 2:
+                slopes.append(float(np.polyfit(last["epoch"], last["valid_kl_nats"], 1)[0]))
+        if slopes:
+            rows.append((r.rung, stats.interval(slopes)))
+    if not rows:
+        return None
+    rising = [name for name, i in rows if i.side() == "above"]
+    falling = [name for name, i in rows if i.side() == "below"]
+    text = (f"At the end of training (the slope of validation KL over each run's last {LAST_EPOCHS} "
+            "epochs, 95 % interval over seeds), "
+            + (f"KL is still rising at {_names(rising)}: not at a steady state" if rising else
+               "no rung's KL is still rising decidedly")
+            + (f"; still falling at {_names(falling)}" if falling else "") + ".")
+    return Claim("kl_slope", text.strip(), {"slopes": {name: i.plain() for name, i in rows},
+                                            "rising": rising, "falling": falling})
 
 
 def convergence(runs: pd.DataFrame, results: pd.DataFrame, patience: int | None,
@@ -332,15 +362,15 @@ def versus_baseline(results: pd.DataFrame, baseline: pd.DataFrame, threshold: fl
                                     "kept": [], "undecided": []}
     for r in shared:
         a, b = theirs.loc[r], ours.loc[r]
-        diff = b["kl_nats"] - a["kl_nats"]
-        noise = 2 * math.hypot(a["kl_nats_std"], b["kl_nats_std"])
-        change = ("no spread" if pd.isna(noise) else "unchanged" if abs(diff) <= noise else
-                  "gained" if diff > 0 else "lost")
+        moved_by = stats.difference(kl_interval(b), kl_interval(a))
+        diff = moved_by.mean
+        change = {"above": "gained", "below": "lost"}.get(moved_by.side(), "unchanged" if moved_by.known
+                                                          else "no spread")
         v_a = verdict(a["kl_nats"], a["kl_nats_std"], int(a["n_seeds"]), threshold, True)
         v_b = verdict(b["kl_nats"], b["kl_nats_std"], int(b["n_seeds"]), threshold, True)
         group = ("stayed collapsed" if v_a == COLLAPSED and v_b == COLLAPSED else
-                 "regained" if v_a in (COLLAPSED, BORDERLINE) and v_b == KEPT else
-                 "newly collapsed" if v_a in (KEPT, BORDERLINE) and v_b == COLLAPSED else
+                 "regained" if v_a in (COLLAPSED, UNRESOLVED) and v_b == KEPT else
+                 "newly collapsed" if v_a in (KEPT, UNRESOLVED) and v_b == COLLAPSED else
                  "kept" if v_a == KEPT and v_b == KEPT else "undecided")
         moved[change].append(r)
         groups[group].append(r)
@@ -354,12 +384,12 @@ def versus_baseline(results: pd.DataFrame, baseline: pd.DataFrame, threshold: fl
                          f"{pm(by[r]['kl_nats'], by[r]['kl_std'])})" for r in names)
 
     parts = [f"Against the baseline, {label}, with KL in nats as baseline -> this study (mean ± std "
-             "over seeds): KL rose beyond two combined seed std on "
+             "over seeds): KL rose (95 % Welch interval of the change above 0) on "
              + (listing(moved["gained"]) if moved["gained"] else "no rung")]
     if moved["lost"]:
-        parts.append(f"fell beyond it on {listing(moved['lost'])}")
+        parts.append(f"fell (interval below 0) on {listing(moved['lost'])}")
     if moved["unchanged"]:
-        parts.append(f"is within it on {listing(moved['unchanged'])}")
+        parts.append(f"is unresolved (the interval contains 0) on {listing(moved['unchanged'])}")
     if moved["no spread"]:
         parts.append(f"cannot be judged on {listing(moved['no spread'])} (one seed: no spread)")
     by_verdict = []
@@ -375,13 +405,15 @@ def versus_baseline(results: pd.DataFrame, baseline: pd.DataFrame, threshold: fl
         if groups[group]:
             by_verdict.append(f"{words}: {named(groups[group])}")
     if groups["undecided"]:
-        by_verdict.append("borderline or without a verdict in at least one of them: "
+        by_verdict.append("unresolved or without a verdict in at least one of them: "
                           + _names(groups["undecided"]))
     trend = [r for r in shared if ours.loc[r, "role"] == TREND]
-    rho_here = spearman(ours.loc[trend, "power"], ours.loc[trend, "kl_nats"]) if len(trend) > 2 else math.nan
-    rho_there = spearman(ours.loc[trend, "power"], theirs.loc[trend, "kl_nats"]) if len(trend) > 2 else math.nan
+    rho_here = stats.spearman(ours.loc[trend, "receptive_field"], ours.loc[trend, "kl_nats"])[0] \
+        if len(trend) > 2 else math.nan
+    rho_there = stats.spearman(ours.loc[trend, "receptive_field"], theirs.loc[trend, "kl_nats"])[0] \
+        if len(trend) > 2 else math.nan
     text = ("; ".join(parts) + ". By the "
-            f"verdicts (KL < {threshold:g} nats, 2-std rule): " + "; ".join(by_verdict) + "."
+            f"verdicts (KL < {threshold:g} nats, 95 % interval): " + "; ".join(by_verdict) + "."
             + (f" Spearman's rho between power and mean KL over the {len(trend)} trend rungs: "
                f"{rho_there:.2f} in the baseline, {rho_here:.2f} in this study." if not pd.isna(rho_here) and not pd.isna(rho_there) else ""))
     return Claim("versus_baseline", text, {"rows": rows, "gained": moved["gained"],
@@ -484,6 +516,6 @@ def all_claims(results: pd.DataFrame, per_seed: pd.DataFrame, history: pd.DataFr
     optimum, adds = z_claims
     claims = [optimum, power_trend(results, per_seed), kl_gone_at_top(results, per_seed),
               verdicts(results, threshold), adds, versus, top_versus, *pathway(results), convergence_claim,
-              training_order(results, history), probe(results), mutual_information(results),
+              kl_slope(results, history), training_order(results, history), probe(results), mutual_information(results),
               bound_gap(results), k_convergence(k_curves, order)]
     return [c for c in claims if c is not None]

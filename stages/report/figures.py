@@ -3,6 +3,8 @@
 - `headline`: KL[q(z|x)||p(z)] and -log p(x) (IW, Burda et al. 2016) along the decoder-power
   axis, with each rung's decoder alone (its no-z twin, or independent pixels) beside it: the
   -log p(x) a collapsed VAE of that rung reaches;
+- `strength`: KL and what z adds against the NLL of the decoder alone (the decoder's own
+  strength, the other axis of power);
 - `kl_vs_z_adds`: KL against what z adds (NLL of the decoder alone minus NLL of the VAE), one
   point per rung (`stages.report.zadds`);
 - `kl_training`: validation KL and ELBO against training images seen;
@@ -30,6 +32,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from stages.fsutil import write_bytes
+from stages.report import stats
 
 STYLE = {
     "font.size": 10,
@@ -72,110 +75,131 @@ def save(fig: Figure, directory: str | Path, name: str) -> list[Path]:
     return paths
 
 
-def _rung_axis(ax, labels: list[str]) -> None:
-    ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 4 else 0,
-                  ha="right" if len(labels) > 4 else "center", fontsize=8)
-    ax.set_xlim(-0.5, len(labels) - 0.5)
+def half_width(values: pd.Series, stds: pd.Series, n: pd.Series) -> np.ndarray:
+    """95 % t half-widths over seeds (0 where one seed gives none): the error bars of every figure."""
+    return np.array([0.0 if pd.isna(s) or k < 2 else stats.Interval.of(v, s, int(k)).hi - v
+                     for v, s, k in zip(values, stds, n)])
+
+
+def power_positions(results: pd.DataFrame) -> np.ndarray:
+    """x of each rung on the symlog receptive-field axis; rungs of equal field (ties) are spread
+    a little around it, so neither hides the other."""
+    x = results["receptive_field"].to_numpy(float).copy()
+    for field, idx in results.groupby("receptive_field").indices.items():
+        if len(idx) > 1:
+            offsets = np.linspace(-1, 1, len(idx))
+            x[idx] = field + 0.25 * offsets if field == 0 else field * (1 + 0.08 * offsets)
+    return x
+
+
+def _symlog_axis(ax, results: pd.DataFrame) -> None:
+    ax.set_xscale("symlog", linthresh=1.0)
+    ticks = sorted(set(results["receptive_field"].astype(int)))
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlim(-0.6, max(ticks) * 1.6 + 1)
 
 
 def headline(results: pd.DataFrame, threshold: float) -> Figure:
-    """KL and NLL_IW (nats) per rung, along the power axis (results are in power order).
+    """KL and NLL_IW (nats) against the causal receptive field (pixels, symlog axis).
 
     results: one row per rung with rung, role, receptive_field, kl_nats, kl_nats_std,
     nll_iw_nats, nll_iw_nats_std, nll_iw_stderr_nats, n_seeds, and, where a rung has a decoder
-    alone, twin and nll_alone_nats / nll_alone_std. Error bars: std over seeds (none for one
-    seed, where NLL_IW shows its standard error over test images). The trend rungs are joined
-    by a line; side rungs (role other than "trend") are grey squares. A no-z rung that is some
-    rung's twin is drawn at that rung (open squares), not as a point of its own.
+    alone, twin and nll_alone_nats / nll_alone_std. Error bars: 95 % t intervals over seeds (for
+    one seed, NLL_IW shows its standard error over test images). Only the trend rungs are joined
+    by the line; side rungs (role other than "trend") are grey squares beside it. A no-z rung
+    that is some rung's twin is drawn at that rung (open squares); a decoder alone far above
+    every VAE (independent pixels) is named at the top edge instead of setting the scale.
     """
     twins = set(results["twin"].dropna()) if "twin" in results.columns else set()
+    results = results[~results["rung"].isin(twins)].reset_index(drop=True)
     alone = (results["nll_alone_nats"].to_numpy(float) if "nll_alone_nats" in results.columns
              else np.full(len(results), np.nan))
-    alone_err = (results["nll_alone_std"].fillna(0).to_numpy(float) if "nll_alone_std" in results.columns
-                 else np.zeros(len(results)))
-    shown = (~results["rung"].isin(twins)).to_numpy(bool)
-    alone, alone_err, results = alone[shown], alone_err[shown], results[shown].reset_index(drop=True)
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(9.5, 6.8), layout="constrained")
         ax_kl, ax_nll = fig.subplots(2, 1, sharex=True)
-        labels = [f"{r.rung}\n(rf {r.receptive_field})" for r in results.itertuples()]
-        x = np.arange(len(results))
+        x = power_positions(results)
         several = bool((results["n_seeds"] > 1).any())
         kl, nll = results["kl_nats"].to_numpy(float), results["nll_iw_nats"].to_numpy(float)
-        kl_err = results["kl_nats_std"].fillna(0).to_numpy() if several else None
-        nll_err = (results["nll_iw_nats_std"].fillna(0) if several
-                   else results["nll_iw_stderr_nats"]).to_numpy()
+        kl_err = half_width(results["kl_nats"], results["kl_nats_std"], results["n_seeds"])
+        nll_err = (half_width(results["nll_iw_nats"], results["nll_iw_nats_std"], results["n_seeds"])
+                   if several else results["nll_iw_stderr_nats"].to_numpy(float))
         trend = (results["role"] == "trend").to_numpy(bool)
         has_z = (results["role"] != "no z").to_numpy(bool)
         side = has_z & ~trend
+        x_side = np.where(x > 0, x * 1.18, x + 0.35)  # beside the trend point of the same field
 
-        ax_kl.errorbar(x[trend], kl[trend], yerr=None if kl_err is None else kl_err[trend], fmt="o-",
-                       color="C0", ms=7, capsize=3, label="trend rungs (one z pathway)", zorder=2)
+        ax_kl.errorbar(x[trend], kl[trend], yerr=kl_err[trend], fmt="o-", color="C0", ms=7, capsize=3,
+                       label="trend rungs (one z pathway)", zorder=2)
         if side.any():
-            ax_kl.errorbar(x[side], kl[side], yerr=None if kl_err is None else kl_err[side], fmt="s",
-                           color=BASELINE_COLOR, ms=7, capsize=3, label="side rungs (not in the trend)")
-        for xi, value in zip(x[has_z], kl[has_z]):
-            ax_kl.annotate(f"{value:.2f}" if value < 10 else f"{value:.1f}", (xi, value),
-                           textcoords="offset points", xytext=(7, 5), ha="left", fontsize=8)
+            ax_kl.errorbar(x_side[side], kl[side], yerr=kl_err[side], fmt="s", color=BASELINE_COLOR, ms=7,
+                           capsize=3, label="side rungs (not in the trend)")
+        for xi, value, name in zip(np.where(trend, x, x_side)[has_z], kl[has_z], results["rung"][has_z]):
+            ax_kl.annotate(f"{name}\n{value:.2f}" if value < 10 else f"{name}\n{value:.1f}", (xi, value),
+                           textcoords="offset points", xytext=(6, 4), ha="left", fontsize=7.5)
         ax_kl.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
-        top = max(float(np.nanmax(kl[has_z])) if has_z.any() else 0.0, threshold) * 1.2
+        top = max(float(np.nanmax(kl[has_z] + kl_err[has_z])) if has_z.any() else 0.0, threshold) * 1.2
         ax_kl.set_ylim(-0.04 * top, top)
         ax_kl.set_ylabel("KL[q(z|x) || p(z)] (nats)")
-        ax_kl.set_title("Information in z along the decoder-power axis")
-        ax_kl.legend(loc="best")
+        ax_kl.set_title("Information in z against the causal context the decoder sees")
+        ax_kl.legend(loc="upper right")
 
         ax_nll.errorbar(x[trend], nll[trend], yerr=nll_err[trend], fmt="o-", color="C1", ms=6,
                         capsize=3, label="VAE, -log p(x) (IW)")
         if side.any():
-            ax_nll.errorbar(x[side], nll[side], yerr=nll_err[side], fmt="s", color=BASELINE_COLOR,
+            ax_nll.errorbar(x_side[side], nll[side], yerr=nll_err[side], fmt="s", color=BASELINE_COLOR,
                             ms=6, capsize=3)
         paired = ~np.isnan(alone)
+        scale = np.concatenate([nll, alone[paired & (results["receptive_field"] > 0).to_numpy()]])
+        lo, hi = float(np.nanmin(scale)), float(np.nanmax(scale))
+        ylim = (lo - 0.08 * (hi - lo + 1), hi + 0.15 * (hi - lo + 1))
         if paired.any():
-            ax_nll.errorbar(x[paired], alone[paired], yerr=alone_err[paired], fmt="s--", mfc="white",
+            alone_err = half_width(results["nll_alone_nats"], results["nll_alone_std"], results["n_seeds"])
+            shown = paired & (alone <= ylim[1])
+            ax_nll.errorbar(x[shown], alone[shown], yerr=alone_err[shown], fmt="s", mfc="white",
                             color=BASELINE_COLOR, ms=6, capsize=3,
                             label="its decoder alone (no-z twin, or independent pixels), exact")
+            for xi, value in zip(x[paired & ~shown], alone[paired & ~shown]):
+                ax_nll.annotate(f"decoder alone: {value:.0f} (off scale)", (xi, ylim[1]), xytext=(0, -12),
+                                textcoords="offset points", ha="center", fontsize=7.5, color=BASELINE_COLOR)
         for row in results[~has_z].itertuples():  # a no-z rung that is nobody's twin
-            spread = row.nll_iw_nats_std if several else row.nll_iw_stderr_nats
             ax_nll.axhline(row.nll_iw_nats, color=BASELINE_COLOR, ls="--", lw=1.2,
                            label=f"decoder alone ({row.rung})")
-            ax_nll.axhspan(row.nll_iw_nats - spread, row.nll_iw_nats + spread, color=BASELINE_COLOR,
-                           alpha=0.15, lw=0)
+        ax_nll.set_ylim(*ylim)
         ax_nll.set_ylabel("test NLL, -log p(x) (nats)")
-        bars = "std over seeds" if several else "standard error over test images"
+        bars = "95 % interval over seeds" if several else "standard error over test images"
         ax_nll.set_title(f"Likelihood by importance sampling (error bars: {bars})")
-        ax_nll.set_xlabel("rung, in order of decoder power (rf: causal receptive field, pixels)")
-        if paired.any():  # the independent-pixel model sits far above every VAE: do not let it set the scale
-            finite = np.concatenate([nll, alone[paired & (results["receptive_field"] > 0).to_numpy()]])
-            lo, hi = float(np.nanmin(finite)), float(np.nanmax(np.concatenate([nll, finite])))
-            ax_nll.set_ylim(lo - 0.08 * (hi - lo + 1), hi + 0.15 * (hi - lo + 1))
-        ax_nll.legend(loc="best")
-        _rung_axis(ax_nll, labels)
+        ax_nll.set_xlabel("causal receptive field (pixels a pixel's distribution sees; symlog scale)")
+        ax_nll.legend(loc="upper right")
+        _symlog_axis(ax_nll, results)
     return fig
 
 
-def kl_vs_z_adds(results: pd.DataFrame, threshold: float) -> Figure:
-    """KL (nats) against what z adds by IW (NLL of the decoder alone minus NLL_IW of the VAE,
-    nats, paired per image), one point per trend rung, mean ± std over seeds. Filled: the VAE's
-    ELBO beats the collapsed solution's; open: collapse is the better ELBO or within noise."""
-    rows = results[(results["role"] == "trend") & results["z_adds_iw_nats"].notna()]
+def strength(results: pd.DataFrame, threshold: float) -> Figure:
+    """KL and what z adds (nats) against the NLL of the decoder alone: how well the decoder models
+    the data without z (lower: stronger; x inverted, log scale), one point per trend rung with a
+    decoder alone; error bars 95 % t intervals over seeds (paired for what z adds)."""
+    rows = results[(results["role"] == "trend") & results["nll_alone_nats"].notna()].reset_index(drop=True)
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(7.5, 5.2), layout="constrained")
-        ax = fig.subplots()
-        styles = rung_styles(list(rows["rung"]), set())
-        for r in rows.itertuples():
-            open_marker = r.collapse != "the VAE's ELBO is better"
-            ax.errorbar(r.z_adds_iw_nats, r.kl_nats, xerr=None if pd.isna(r.z_adds_iw_std) else r.z_adds_iw_std,
-                        yerr=None if pd.isna(r.kl_nats_std) else r.kl_nats_std, fmt="o", ms=7, capsize=3,
-                        color=styles[r.rung]["color"], mfc="white" if open_marker else styles[r.rung]["color"])
-            ax.annotate(r.rung, (r.z_adds_iw_nats, r.kl_nats), textcoords="offset points",
-                        xytext=(6, 4), fontsize=8)
-        ax.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
-        ax.axvline(0, color=BASELINE_COLOR, lw=1)
-        ax.set_xscale("symlog", linthresh=1.0)
-        ax.set_xlabel("what z adds: NLL of the decoder alone - NLL_IW of the VAE (nats, symlog scale)")
-        ax.set_ylabel("KL[q(z|x) || p(z)] (nats)")
-        ax.set_title("KL against what z adds, one point per rung (open: collapse is not the worse ELBO)")
-        ax.legend(loc="best")
+        fig = Figure(figsize=(10.5, 4.4), layout="constrained")
+        ax_kl, ax_z = fig.subplots(1, 2, sharex=True)
+        x = rows["nll_alone_nats"].to_numpy(float)
+        for ax, key, std, label in ((ax_kl, "kl_nats", "kl_nats_std", "KL[q(z|x) || p(z)] (nats)"),
+                                    (ax_z, "z_adds_iw_nats", "z_adds_iw_std",
+                                     "what z adds: NLL alone - NLL_IW (nats)")):
+            y = rows[key].to_numpy(float)
+            err = half_width(rows[key], rows[std], rows["n_seeds"])
+            ax.errorbar(x, y, yerr=err, fmt="o", color="C0", ms=7, capsize=3)
+            for xi, yi, name in zip(x, y, rows["rung"]):
+                ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            ax.set_ylabel(label)
+            ax.set_xscale("log")
+            ax.set_xlabel("NLL of the decoder alone (nats, log scale; stronger to the right)")
+        ax_kl.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
+        ax_z.axhline(0, color=BASELINE_COLOR, lw=1)
+        ax_kl.invert_xaxis()
+        ax_kl.legend(loc="upper left")
+        ax_kl.set_title("Information in z against the decoder's own strength")
+        ax_z.set_title("What z adds against the decoder's own strength")
     return fig
 
 

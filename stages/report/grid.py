@@ -8,12 +8,12 @@ first objective is the plain ELBO, the reference. Per cell (rung, objective), ov
   (mean_x [-log p^_obj(x) + log p^_elbo(x)]; positive: the objective's likelihood is worse);
 - what z adds (NLL of the decoder alone minus NLL_IW, `stages.report.zadds`).
 
-Claims: for each objective, at which powers it keeps more information in z than the ELBO beyond
-two combined seed std (KL, with MI beside it), and at what NLL_IW change (`objectives_claim`);
-how long an aggressive objective's phase lasted and whether its caps bound it
-(`aggressive_claim`); whether at the strongest rung any objective's NLL_IW beats the decoder
-alone's beyond noise (`top_against_alone`).
-A difference counts only beyond max(two seed std, two per-image standard errors), as in zadds.
+Claims: for each objective, at which powers it keeps more information in z than the ELBO (KL,
+with MI beside it) and at what NLL_IW change (`objectives_claim`); how long an aggressive
+objective's phase lasted and whether its caps bound it (`aggressive_claim`); whether at the
+strongest rung any objective's NLL_IW beats the decoder alone's (`top_against_alone`).
+Every difference is decided by the one rule of `stages.report.stats`: Welch's 95 % interval
+between cells (different runs), the paired interval where runs share seed and test images.
 """
 
 from __future__ import annotations
@@ -22,22 +22,24 @@ import math
 from typing import Any
 
 import matplotlib
+import matplotlib.patches
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from stages.errors import DataError
+from stages.report import stats
 from stages.report.claims import MI_BOUND_MARGIN, Claim, pm
 from stages.report.figures import STYLE
-from stages.report.zadds import noise, seed_stats
+from stages.report.tables import changed_options
+from stages.report.zadds import seed_stats
 
 REMEDIES = {"kl_warmup_steps": "kl_warmup", "free_bits": "free_bits", "beta": "beta", "aggressive": "aggressive"}
 
 
 def remedy_of(objective) -> str:
     """What kind of objective an `objectives` entry is: elbo, one remedy, or 'combined'."""
-    default = type(objective)()
-    on = [REMEDIES[k] for k in REMEDIES if getattr(objective, k) != getattr(default, k)]
+    on = [REMEDIES[k] for k in changed_options(objective) if k in REMEDIES]
     return "elbo" if not on else on[0] if len(on) == 1 else "combined"
 
 
@@ -60,29 +62,51 @@ def grid_table(data, results: pd.DataFrame) -> pd.DataFrame:
     by_run = results.set_index("rung")
     rungs = [r for r in dict.fromkeys(cells[run].rung for run in results["rung"]
                                       if run in cells and bool(by_run.loc[run, "uses_z"]))]
+    run_of = {(cell.rung, cell.objective): run for run, cell in cells.items()}
     rows = []
     for rung in rungs:
-        base = f"{rung}__{reference}"
+        base = run_of[(rung, reference)]
+        base_row = by_run.loc[base]
         for objective in objectives:
-            run = f"{rung}__{objective}"
+            run = run_of[(rung, objective)]
             r = by_run.loc[run]
-            change = seed_stats(_paired(data, run, base)) if run != base else (0.0, 0.0, 0.0)
+            diffs = _paired(data, run, base) if run != base else []
+            change = seed_stats(diffs) if diffs else (0.0, 0.0, 0.0)
+            nll_change = stats.interval([d.mean() for d in diffs]) if diffs else stats.Interval.of(0.0, 0.0, 2)
             row: dict[str, Any] = {
                 "rung": rung, "objective": objective, "run": run, "power": int(r["power"]),
-                "remedy": remedy_of(data.params.objectives[objective]),
+                "n_seeds": int(r["n_seeds"]), "remedy": remedy_of(data.params.objectives[objective]),
                 **{k: float(r[k]) for k in ("kl_nats", "kl_nats_std", "mi_nats", "mi_nats_std",
                                             "nll_iw_nats", "nll_iw_nats_std")},
-                "nll_change_nats": change[0], "nll_change_std": change[1], "nll_change_se": change[2]}
-            base_row = by_run.loc[base]
+                "nll_change_nats": change[0], "nll_change_std": change[1], "nll_change_se": change[2],
+                "nll_change_lo": nll_change.lo, "nll_change_hi": nll_change.hi}
             for key in ("kl", "mi"):
-                row[f"{key}_change_nats"] = row[f"{key}_nats"] - float(base_row[f"{key}_nats"])
-                row[f"{key}_change_noise"] = 2 * math.hypot(row[f"{key}_nats_std"], float(base_row[f"{key}_nats_std"]))
+                moved = stats.difference(_interval(r, key), _interval(base_row, key))
+                row[f"{key}_change_nats"], row[f"{key}_change_lo"], row[f"{key}_change_hi"] = \
+                    moved.mean, moved.lo, moved.hi
             row["mi_cap_nats"] = float(r["mi_cap_nats"])
+            row["kl_floor_nats"] = data.params.objectives[objective].free_bits * data.params.encoder.latent_dim
             row.update(aggressive_phase(data, run, data.params.objectives[objective]))
-            for key in ("twin", "nll_alone_nats", "z_adds_iw_nats", "z_adds_iw_std", "z_adds_iw_se"):
+            for key in ("twin", "nll_alone_nats", "z_adds_iw_nats", "z_adds_iw_std", "z_adds_iw_se",
+                        "z_adds_iw_lo", "z_adds_iw_hi"):
                 row[key] = r[key] if key in r.index else math.nan
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _interval(row, key: str) -> stats.Interval:
+    return stats.Interval.of(float(row[f"{key}_nats"]), float(row[f"{key}_nats_std"]), int(row["n_seeds"]))
+
+
+def _side(row, key: str) -> str:
+    """'above' / 'below' 0 / 'unresolved': the 95 % interval of a cell's `key` columns."""
+    return _side_of(getattr(row, f"{key}_lo"), getattr(row, f"{key}_hi"))
+
+
+def _side_of(lo: float, hi: float) -> str:
+    if pd.isna(lo) or pd.isna(hi) or lo <= 0 <= hi:
+        return "unresolved"
+    return "above" if lo > 0 else "below"
 
 
 def aggressive_phase(data, run: str, objective) -> dict[str, float]:
@@ -112,12 +136,10 @@ def aggressive_phase(data, run: str, objective) -> dict[str, float]:
             "valid_mi_last_nats": float(np.mean(mi)), "valid_mi_cap_nats": math.log(m)}
 
 
-def _change_words(mean: float, std: float, se: float) -> str:
-    level = noise(std, se)
-    word = ("within noise" if abs(mean) <= level else "worse beyond noise" if mean > 0
-            else "better beyond noise")
-    spread = "" if pd.isna(std) else f" ± {std:.2f}"
-    return f"{mean:+.2f}{spread} nats, {word}"
+def _change_words(r) -> str:
+    word = {"above": "worse", "below": "better"}.get(_side(r, "nll_change"), "unresolved")
+    spread = "" if pd.isna(r.nll_change_lo) else f" [{r.nll_change_lo:+.2f}, {r.nll_change_hi:+.2f}]"
+    return f"{r.nll_change_nats:+.2f}{spread} nats, {word}"
 
 
 MI_AT_CAP_NATS = 0.05  # a validation MI this close to its cap log M can only creep up
@@ -130,9 +152,8 @@ def _mi_words(r) -> str:
     reference_mi = r.mi_nats - r.mi_change_nats
     bounded = r.mi_cap_nats - r.mi_nats < MI_BOUND_MARGIN
     shown = ("≥ " if bounded else "") + pm(r.mi_nats, r.mi_nats_std)
-    word = ("more beyond noise" if r.mi_change_nats > r.mi_change_noise else
-            "less beyond noise" if r.mi_change_nats < -r.mi_change_noise else "within noise")
-    if r.mi_cap_nats - reference_mi < MI_BOUND_MARGIN or (bounded and word != "more beyond noise"):
+    word = {"above": "more", "below": "less"}.get(_side(r, "mi_change"), "unresolved")
+    if r.mi_cap_nats - reference_mi < MI_BOUND_MARGIN or (bounded and word != "more"):
         return (f"MI {shown}, {r.mi_change_nats:+.2f}, not compared: within {MI_BOUND_MARGIN} nats "
                 f"of the estimate's cap log M = {r.mi_cap_nats:.2f}, a lower bound")
     return f"MI {shown}, {r.mi_change_nats:+.2f}, {word}" + (" (a lower bound)" if bounded else "")
@@ -140,32 +161,38 @@ def _mi_words(r) -> str:
 
 def objectives_claim(grid: pd.DataFrame) -> Claim | None:
     """For each objective but the reference: the powers where it keeps more KL than the ELBO
-    beyond two combined seed std, with the NLL_IW change there."""
+    (the Welch interval of the change above 0), with the NLL_IW change there."""
     if grid.empty:
         return None
     objectives = list(dict.fromkeys(grid["objective"]))
     reference, parts, numbers = objectives[0], [], {}
     for objective in objectives[1:]:
         rows = grid[grid["objective"] == objective]
-        more = rows[rows["kl_change_nats"] > rows["kl_change_noise"]]  # NaN noise: never more
-        less = rows[rows["kl_change_nats"] < -rows["kl_change_noise"]]
-        numbers[objective] = {"more_kl_at": list(more["rung"]), "less_kl_at": list(less["rung"])}
+        floor = float(rows["kl_floor_nats"].max()) if "kl_floor_nats" in rows else 0.0
+        by = "mi_change" if floor > 0 and "mi_change_lo" in rows else "kl_change"  # a floored rate says nothing
+        side = pd.Series([_side_of(lo, hi) for lo, hi in zip(rows[f"{by}_lo"], rows[f"{by}_hi"])],
+                         index=rows.index)
+        more, less = rows[side == "above"], rows[side == "below"]
+        numbers[objective] = {"more_kl_at": list(more["rung"]), "less_kl_at": list(less["rung"]),
+                              "judged_by": "mi" if by == "mi_change" else "kl", "kl_floor_nats": floor}
+        floored = (f" (judged by MI: free bits floor its KL at {floor:.2f} nats by construction)"
+                   if by == "mi_change" else "")
         if more.empty:
-            text = f"`{objective}` keeps more information in z than `{reference}` at no power"
+            text = f"`{objective}` keeps more information in z than `{reference}` at no power{floored}"
         else:
-            text = (f"`{objective}` keeps more information in z than `{reference}` at "
+            text = (f"`{objective}` keeps more information in z than `{reference}`{floored} at "
                     + "; ".join(f"`{r.rung}` (KL {pm(r.kl_nats, r.kl_nats_std)} nats, "
                                 f"{r.kl_change_nats:+.2f} against `{reference}`; {_mi_words(r)}; "
                                 "NLL_IW change "
-                                f"{_change_words(r.nll_change_nats, r.nll_change_std, r.nll_change_se)})"
+                                f"{_change_words(r)})"
                                 for r in more.itertuples()))
         if len(less):
             text += f", and less at {', '.join(f'`{r}`' for r in less['rung'])}"
         parts.append(text)
     head = (f"The grid, {grid['rung'].nunique()} powers x {len(objectives)} objectives (more "
-            f"information in z: KL above the `{reference}` cell of the same power by more than two "
-            "combined seed std; NLL_IW change paired per test image against that cell, positive "
-            "when worse): ")
+            f"information in z: the 95 % Welch interval of the KL change against the `{reference}` "
+            "cell of the same power above 0; NLL_IW change paired per image and seed against that "
+            "cell, positive when worse): ")
     numbers["cells"] = grid.to_dict("records")  # the whole grid, as data
     return Claim("grid_objectives", head + "; ".join(parts) + ".", numbers)
 
@@ -213,19 +240,17 @@ def top_against_alone(grid: pd.DataFrame) -> Claim | None:
     first = top.iloc[0]
     words = {}
     for r in top.itertuples():
-        level = noise(r.z_adds_iw_std, r.z_adds_iw_se)
-        words[r.objective] = ("better" if r.z_adds_iw_nats > level else
-                              "worse" if r.z_adds_iw_nats < -level else "within noise")
+        words[r.objective] = {"above": "better", "below": "worse"}.get(_side(r, "z_adds_iw"), "unresolved")
     better = [o for o, w in words.items() if w == "better"]
     than = {"better": "better than the decoder alone", "worse": "worse than the decoder alone",
-            "within noise": "within noise of the decoder alone"}
+            "unresolved": "unresolved against the decoder alone"}
     listed = "; ".join(f"`{r.objective}` {pm(r.nll_iw_nats, r.nll_iw_nats_std)} (what z adds "
                        f"{pm(r.z_adds_iw_nats, r.z_adds_iw_std)}: {than[words[r.objective]]})"
                        for r in top.itertuples())
     alone = first.twin if isinstance(first.twin, str) else "independent pixels"
     verdict = (f"{', '.join(f'`{o}`' for o in better)} give{'s' if len(better) == 1 else ''} a better "
-               "NLL_IW than the decoder alone beyond noise" if better else
-               "no objective gives a better NLL_IW than the decoder alone beyond noise")
+               "NLL_IW than the decoder alone (95 % paired interval)" if better else
+               "no objective gives a better NLL_IW than the decoder alone at 95 %")
     text = (f"At the strongest rung `{first.rung}`, {verdict}: the decoder alone (`{alone}`) "
             f"scores NLL {first.nll_alone_nats:.2f} nats; NLL_IW (mean ± std over seeds, and what z "
             f"adds, paired per test image) by objective: {listed}.")
@@ -234,7 +259,8 @@ def top_against_alone(grid: pd.DataFrame) -> Claim | None:
 
 def heatmaps(grid: pd.DataFrame) -> Figure:
     """KL, MI and the NLL_IW change against the ELBO cell, objectives (rows) x powers
-    (columns, weakest first); each cell annotated with mean ± std over seeds."""
+    (columns, weakest first); each cell annotated with mean ± std over seeds; a KL that free bits
+    floors is hatched and its floor (latent dims x lambda) written in the cell."""
     rungs = list(dict.fromkeys(grid.sort_values("power", kind="stable")["rung"]))
     objectives = list(dict.fromkeys(grid["objective"]))
     panels = (("kl_nats", "kl_nats_std", "KL (nats)", "viridis"),
@@ -246,6 +272,8 @@ def heatmaps(grid: pd.DataFrame) -> Figure:
             values = grid.pivot(index="objective", columns="rung", values=key).loc[objectives, rungs]
             spread = grid.pivot(index="objective", columns="rung", values=std_key).loc[objectives, rungs]
             v = values.to_numpy(float)
+            floor = (grid.pivot(index="objective", columns="rung", values="kl_floor_nats").loc[objectives, rungs]
+                     if "kl_floor_nats" in grid else values * 0.0)
             limit = np.nanmax(np.abs(v)) or 1.0
             image = ax.imshow(v, cmap=cmap, aspect="auto",
                               **({"vmin": -limit, "vmax": limit} if cmap == "RdBu_r" else {}))
@@ -254,8 +282,13 @@ def heatmaps(grid: pd.DataFrame) -> Figure:
                     s, shade = spread.iat[i, j], float(image.norm(v[i, j]))
                     dark = shade < 0.5 if cmap == "viridis" else abs(shade - 0.5) > 0.3
                     value = v[i, j] if abs(v[i, j]) >= 0.005 else 0.0  # never "-0.00"
-                    ax.text(j, i, f"{value:.2f}" + ("" if pd.isna(s) else f"\n±{s:.2f}"),
+                    floored = key == "kl_nats" and floor.iat[i, j] > 0
+                    ax.text(j, i, f"{value:.2f}" + ("" if pd.isna(s) else f"\n±{s:.2f}")
+                            + (f"\nfloor {floor.iat[i, j]:.0f}" if floored else ""),
                             ha="center", va="center", fontsize=7.5, color="white" if dark else "black")
+                    if floored:  # the rate free bits forces: this KL is not information kept
+                        ax.add_patch(matplotlib.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False,
+                                                                  hatch="//", lw=0, alpha=0.5))
             ax.set_xticks(range(len(rungs)), rungs, rotation=30, ha="right", fontsize=8)
             ax.set_yticks(range(len(objectives)), objectives, fontsize=8)
             ax.set_title(title)

@@ -1,10 +1,12 @@
-"""The report's pages: one `Page` built from the collected data, rendered twice.
+"""The report's page: one `Page` built from the collected data, rendered as Markdown once.
 
 - `markdown(page)`: report.md, figures referenced by relative path (figures/<name>.png);
-- `html(page, figure_dir)`: index.html, self-contained (inline CSS, the PNGs embedded as
-  base64 data URIs), so it opens offline; every text is HTML-escaped.
+- `html(markdown_text, figure_dir)`: index.html, that same Markdown rendered by markdown-it-py
+  (CommonMark with tables), self-contained: inline CSS, the PNGs embedded as base64 data URIs,
+  so it opens offline and never drifts from report.md.
 
-Text holds one kind of inline markup, `code` in backticks, rendered as <code> in HTML.
+It opens with the answer (`stages.report.abstract`) and its scope, then the top of the power
+axis in the form of He et al. 2019's Table 1, then every finding.
 """
 
 from __future__ import annotations
@@ -12,18 +14,22 @@ from __future__ import annotations
 import base64
 import html as html_lib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
 import pandas as pd
+from markdown_it import MarkdownIt
 
 from stages.layout import Layout
-from stages.report import claims
+from stages.report import claims, stats
 from stages.report.collect import ReportData
+from stages.report.tables import changed_options
 from stages.schema import to_plain
 
 NUMBER = re.compile(r"^[-+\d.,±% ]*$")  # a table cell holding a number
 TITLE = "Posterior collapse in VAEs on binarized MNIST"
-CLAIM = [
+STUDY_NAMES = {"long": "early-stopped (profiles/long)"}  # named for what it is, not how long it runs
+QUESTION = [
     ("A VAE trained by maximizing the ELBO can learn to ignore its latent variable z "
      "(KL[q(z|x) || p(z)] -> 0, posterior collapse) when its decoder can model the data alone. "
      "How z reaches the decoder decides whether it can be used at all: a PixelCNN that gets z as "
@@ -40,14 +46,21 @@ CLAIM = [
 FIGURES = {  # name -> (title, caption); captions describe, the claims conclude
     "headline": (
         "KL and likelihood along the power axis",
-        ("Rungs ordered by decoder power (causal receptive field in pixels under each name). "
-         "Top: KL[q(z|x)||p(z)] on the test images, mean and std over seeds; the line joins the "
-         "points of the trend; grey squares are side rungs (z as a bias, mitigated objectives, "
-         "no z), not points of the trend; dotted red line: the collapse threshold. Bottom: "
+        ("x: decoder power as the causal receptive field in pixels (symlog scale; rungs of equal "
+         "field, a tie, are spread a little). Top: KL[q(z|x)||p(z)] on the test images, mean and "
+         "95 % interval over seeds; the line joins only the trend rungs; grey squares beside them "
+         "are side rungs (z as a bias, mitigated objectives), not points of the trend; dotted red "
+         "line: the collapse threshold. Bottom: "
          "-log p(x) by importance sampling; open grey squares: each rung's decoder alone (its "
          "no-z twin, exact; for a factorized rung, independent pixels at the training means), "
          "the -log p(x) a collapsed VAE of that rung reaches; the twins are not points of their "
          "own.")),
+    "strength": (
+        "KL and what z adds against the decoder's own strength",
+        ("One point per trend rung with a decoder alone: x, the NLL of that decoder alone (its "
+         "no-z twin; independent pixels for a factorized rung), lower is a decoder that models the "
+         "data better without z (axis inverted, log scale); left, the VAE's KL; right, what z adds "
+         "(NLL alone minus the VAE's NLL_IW, paired). Error bars: 95 % intervals over seeds.")),
     "kl_vs_z_adds": (
         "KL against what z adds",
         ("One point per trend rung: x, the NLL of its decoder alone (the no-z twin of an "
@@ -116,7 +129,7 @@ class Table:
 
 @dataclass
 class Page:
-    claim: list[str]
+    question: list[str]
     findings: list[str]
     results: Table
     figures: list[tuple[str, str, str]]  # name, title, caption
@@ -129,6 +142,10 @@ class Page:
     z_adds: Table | None = None  # each rung beside its decoder alone
     grid: list[Table] | None = None  # a grid study: its cells, and its top rung beside published remedies
     sources: str = "data/metrics, data/eval, data/history"
+    answer: list[str] = field(default_factory=list)
+    scope: str = ""
+    top: Table | None = None  # the top of the power axis, He et al. 2019's Table 1 form
+    steps: Table | None = None  # each step up the power axis with its interval
 
 
 pm = claims.pm
@@ -170,8 +187,54 @@ def results_table(results: pd.DataFrame) -> Table:
         f"{claims.MI_BOUND_MARGIN:g} nats of its cap log M = {results['mi_cap_nats'].min():.2f} "
         "(a lower bound); probe: linear classifier of the digit on sampled z ~ q(z|x) (chance "
         "10%). Epochs: the kept (best-validation) epoch and the epochs trained, means over seeds. "
-        "Verdict: collapsed or not only where the seeds' mean KL is more than two standard "
-        "deviations from the threshold, else borderline; n/a for a rung without z."))
+        "Verdict: collapsed or not only where the 95 % interval of KL over seeds (Student t) "
+        "excludes the threshold, else unresolved; n/a for a rung without z."))
+
+
+def _ci(row, column: str, digits: int = 2, scale: float = 1.0) -> str:
+    """A results row's column as 'mean [lo, hi]' over its seeds (95 % t interval)."""
+    mean, std = getattr(row, column), getattr(row, f"{column}_std")
+    return stats.Interval.of(scale * mean, scale * std, int(row.n_seeds)).text(digits)
+
+
+def steps_table(found: list[claims.Claim]) -> Table | None:
+    """Each step up the power axis (stages.report.claims.steps): KL's change with its interval."""
+    trend = next((c for c in found if c.name == "power_trend"), None)
+    if trend is None or not trend.numbers["steps"]:
+        return None
+    rows = []
+    for step in trend.numbers["steps"]:
+        change = step["change"]
+        rows.append([" / ".join(f"`{r}`" for r in step["from"]), " / ".join(f"`{r}`" for r in step["to"]),
+                     f"{step['from_field']} -> {step['to_field']}",
+                     stats.Interval.from_plain(change).text() if change else "(several pairs)", step["word"]])
+    return Table(["from", "to", "receptive field (pixels)", "KL change (nats)", "step"], rows,
+                 "Each step up the power axis between consecutive receptive fields: the change in mean "
+                 "KL with its 95 % Welch interval over seeds; 'falls' or 'rises' only where the "
+                 "interval excludes 0 (for a tied group, for every pair), else 'flat'.")
+
+
+def top_table(results: pd.DataFrame) -> Table | None:
+    """The two strongest trend rungs and their decoders alone, as He et al. 2019's Table 1: a row
+    per model with NLL, KL, MI and active units, each with its 95 % interval over seeds."""
+    trend = claims.trend_rungs(results)
+    if trend.empty:
+        return None
+    top = list(trend["rung"])[-2:]
+    twins = [t for t in results.get("twin", pd.Series(dtype=object)).where(results["rung"].isin(top)).dropna()
+             if t in set(results["rung"])]
+    chosen = results[results["rung"].isin(top + twins)].sort_values(["receptive_field", "uses_z"])
+    rows = []
+    for r in chosen.itertuples():
+        no_z = not r.uses_z
+        rows.append([f"`{r.rung}`", str(r.receptive_field), _ci(r, "nll_iw_nats"),
+                     "n/a" if no_z else _ci(r, "kl_nats"), "n/a" if no_z else _ci(r, "mi_nats"),
+                     "n/a" if no_z else _ci(r, "active_units", 1)])
+    return Table(["model", "receptive field (pixels)", "NLL_IW (nats)", "KL (nats)", "MI (nats)",
+                  "active units"], rows,
+                 "The top of the power axis: the two strongest trend rungs and their decoders alone "
+                 "(no z), mean and 95 % interval over seeds (Student t), in the form of He et al. "
+                 "2019's Table 1.")
 
 
 def z_adds_table(results: pd.DataFrame) -> Table | None:
@@ -305,12 +368,6 @@ def baseline_table(results: pd.DataFrame, found: list[claims.Claim], baseline: p
                  "subsets, so only large differences mean anything.")
 
 
-def changed_options(objective) -> dict:
-    """An objective's options that differ from the plain ELBO's."""
-    default = to_plain(type(objective)())
-    return {k: v for k, v in to_plain(objective).items() if v != default[k]}
-
-
 def options_text(objective) -> str:
     return ", ".join(f"{k}={v}" for k, v in changed_options(objective).items())
 
@@ -352,7 +409,7 @@ def grid_tables(data: ReportData, cells: pd.DataFrame) -> list[Table]:
 
 def build(data: ReportData, results: pd.DataFrame, found: list[claims.Claim], scale: tuple[bool, str],
           provenance: dict[str, str], figure_names: list[str], layout: Layout | None = None,
-          cells: pd.DataFrame | None = None) -> Page:
+          cells: pd.DataFrame | None = None, answer: list[str] | None = None, scope: str = "") -> Page:
     paper, scale_text = scale
     if paper:
         note = [(f"This run is paper-scale ({scale_text}): its numbers are comparable with the "
@@ -372,13 +429,14 @@ def build(data: ReportData, results: pd.DataFrame, found: list[claims.Claim], sc
                for n in figure_names]
     study = layout.study if layout is not None else ""
     data_dir = layout.data.relative_to(layout.root).as_posix() if layout is not None else "data"
-    return Page(CLAIM, [c.text for c in found if c.name not in in_captions], results_table(results),
+    return Page(QUESTION, [c.text for c in found if c.name not in in_captions], results_table(results),
                 figures, comparison_table(data, results), note, setup_items(data, results, provenance),
-                ladder_table(data, results), f"{TITLE}: the {study} study" if study else TITLE,
+                ladder_table(data, results), f"{TITLE}: the {STUDY_NAMES.get(study, study)} study" if study else TITLE,
                 baseline_table(results, found, data.baseline) if data.baseline is not None else None,
                 z_adds_table(results),
                 grid_tables(data, cells) if cells is not None and not cells.empty else None,
-                ", ".join(f"{data_dir}/{d}" for d in ("metrics", "eval", "history")))
+                ", ".join(f"{data_dir}/{d}" for d in ("metrics", "eval", "history")),
+                answer=answer or [], scope=scope, top=top_table(results), steps=steps_table(found))
 
 
 def _md_cell(text: str) -> str:
@@ -400,10 +458,16 @@ def _md_table(table: Table) -> str:
 def markdown(page: Page) -> str:
     """report.md: GitHub-flavoured Markdown, figures by relative path."""
     head, *rest = page.figures
-    parts = [f"# {page.title}", "## Claim", " ".join(page.claim),
-             "## What the numbers show", "\n".join(f"- {s}" for s in page.findings),
-             f"![{head[1]}](figures/{head[0]}.png)\n\n*{head[2]}* ([SVG](figures/{head[0]}.svg))",
-             "## Results", _md_table(page.results)]
+    parts = [f"# {page.title}"]
+    if page.answer:
+        parts += ["## The answer", " ".join(page.answer), f"*{page.scope}*"]
+    if page.top is not None:
+        parts += ["## At the top of the power axis", _md_table(page.top)]
+    parts += ["## What the numbers show", "\n".join(f"- {s}" for s in page.findings)]
+    if page.steps is not None:
+        parts += ["### Steps up the power axis", _md_table(page.steps)]
+    parts += [f"![{head[1]}](figures/{head[0]}.png)\n\n*{head[2]}* ([SVG](figures/{head[0]}.svg))",
+              "## The question", " ".join(page.question), "## Results", _md_table(page.results)]
     if page.grid is not None:
         parts += ["## The grid: power x objective", *(_md_table(t) for t in page.grid)]
     if page.z_adds is not None:
@@ -417,58 +481,27 @@ def markdown(page: Page) -> str:
     parts += ["## Beside the published numbers", "\n\n".join(f"> {s}" for s in page.comparison_note),
               _md_table(page.comparison), "## Setup",
               "\n".join(f"- **{k}**: {v}" for k, v in page.setup), _md_table(page.ladder),
-              (f"*Generated by `vae-study report` from {page.sources}; "
-               "every sentence under \"What the numbers show\" is computed from the numbers.*")]
+              (f"*Generated by `vae-study report` from {page.sources}; every sentence of the answer "
+               "and under \"What the numbers show\" is computed from the numbers.*")]
     return "\n\n".join(parts) + "\n"
 
 
-def _inline(text: str) -> str:
-    """Escape for HTML, then `code` -> <code>code</code>."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html_lib.escape(text))
+FIGURE_SRC = re.compile(r'src="figures/([A-Za-z0-9_]+)\.png"')
 
 
-def _html_table(table: Table) -> str:
-    """Numbers right-aligned, text left-aligned; the caption below, outside the scroll box."""
-    text = _is_text(table)
-    head = "".join(f'<th{" class=text" if t else ""}>{_inline(h)}</th>' for h, t in zip(table.header, text))
-    body = "".join("<tr>" + "".join(f'<td{" class=text" if t else ""}>{_inline(c)}</td>'
-                                    for c, t in zip(row, text)) + "</tr>" for row in table.rows)
-    caption = f'<p class="caption">{_inline(table.caption)}</p>' if table.caption else ""
-    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>'
-            f"<tbody>{body}</tbody></table></div>{caption}")
+def html(markdown_text: str, figure_dir: Path, title: str = TITLE) -> str:
+    """index.html: report.md rendered by markdown-it-py, one self-contained file, the PNGs of
+    `figure_dir` embedded as data URIs (raw HTML in the Markdown is escaped, not passed on)."""
+    renderer = MarkdownIt("commonmark", {"html": False}).enable("table")
 
+    def embed(match: re.Match) -> str:
+        data = base64.b64encode((figure_dir / f"{match.group(1)}.png").read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{data}"'
 
-def _html_figure(name: str, title: str, caption: str, figure_dir: Path) -> str:
-    data = base64.b64encode((figure_dir / f"{name}.png").read_bytes()).decode("ascii")
-    return (f'<figure id="fig-{html_lib.escape(name)}"><img src="data:image/png;base64,{data}" '
-            f'alt="{html_lib.escape(title)}"><figcaption><b>{_inline(title)}.</b> '
-            f"{_inline(caption)}</figcaption></figure>")
-
-
-def html(page: Page, figure_dir: Path) -> str:
-    """index.html: one self-contained file, the PNGs of `figure_dir` embedded as data URIs."""
-    head, *rest = page.figures
-    setup = "".join(f"<dt>{_inline(k)}</dt><dd>{_inline(v)}</dd>" for k, v in page.setup)
-    body = [
-        f"<h1>{_inline(page.title)}</h1>",
-        f'<h2>Claim</h2><p>{_inline(" ".join(page.claim))}</p>',
-        '<h2>What the numbers show</h2><ul class="findings">'
-        + "".join(f"<li>{_inline(s)}</li>" for s in page.findings) + "</ul>",
-        _html_figure(*head, figure_dir),
-        "<h2>Results</h2>" + _html_table(page.results),
-        *(["<h2>The grid: power x objective</h2>" + "".join(_html_table(t) for t in page.grid)]
-          if page.grid else []),
-        *(["<h2>What z adds, rung by rung</h2>" + _html_table(page.z_adds)] if page.z_adds else []),
-        *(["<h2>Against the baseline</h2>" + _html_table(page.baseline)] if page.baseline else []),
-        "<h2>Figures</h2>" + "".join(_html_figure(*f, figure_dir) for f in rest),
-        "<h2>Beside the published numbers</h2>"
-        + "".join(f'<p class="note">{_inline(s)}</p>' for s in page.comparison_note)
-        + _html_table(page.comparison),
-        f"<h2>Setup</h2><dl>{setup}</dl>" + _html_table(page.ladder),
-        ("<p><small>Generated by <code>vae-study report</code>; every sentence under “What the "
-         "numbers show” is computed from the numbers.</small></p>"),
-    ]
+    inline = re.sub(r" \(\[SVG\]\(figures/[^)]+\)\)", "", markdown_text)  # the page embeds the PNGs
+    body = FIGURE_SRC.sub(embed, renderer.render(inline))
+    body = re.sub(r"<table>", '<div class="scroll"><table>', body).replace("</table>", "</table></div>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{_inline(page.title)}</title><style>{CSS}</style></head>\n<body><main>\n"
-            + "\n".join(body) + "\n</main></body></html>\n")
+            f"<title>{html_lib.escape(title)}</title><style>{CSS}</style></head>\n<body><main>\n"
+            + body + "</main></body></html>\n")

@@ -16,6 +16,7 @@ import pandas as pd
 
 from stages.model import build_decoder
 from stages.params import Rung
+from stages.schema import to_plain
 from stages.report import claims
 from stages.report.collect import METRICS, PAPER_EPOCHS, PAPER_K, PAPER_TEST, PAPER_TRAIN, ReportData
 
@@ -32,6 +33,13 @@ def power_of(rung: Rung, latent_dim: int) -> tuple[int, int, float]:
     return decoder.receptive_field, type(decoder).power_rank, share
 
 
+def changed_options(objective) -> dict:
+    """An objective's options that differ from the plain ELBO's (the one place this is decided
+    in the report: the grid's remedy names and the page's setup both read it)."""
+    default = to_plain(type(objective)())
+    return {k: v for k, v in to_plain(objective).items() if v != default[k]}
+
+
 def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
     """One row per rung, ordered by decoder power (then name): mean and std (ddof 1; NaN for
     one seed) over seeds of every metric, the rung's role, power and verdict."""
@@ -41,7 +49,10 @@ def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
         m = pd.DataFrame([run.metrics for run in runs])
         uses_z = bool(runs[0].info["uses_z"])
         rf, family_rank, share = power_of(rung, data.params.encoder.latent_dim)
-        row: dict[str, Any] = {"rung": r, "family": rung.family, "role": rung.role,
+        cell = data.params.cells.get(r)  # a grid run: its rung and objective, as columns
+        row: dict[str, Any] = {"rung": r, "decoder": cell.rung if cell else r,
+                               "objective": cell.objective if cell else "",
+                               "family": rung.family, "role": rung.role,
                                "receptive_field": rf, "raster_share": share, "family_rank": family_rank,
                                "uses_z": uses_z,
                                "n_seeds": len(runs), "seeds": ";".join(str(s) for s in data.params.seeds)}

@@ -18,8 +18,9 @@ Per seed (the VAE of seed s beside the twin of seed s), paired over the same tes
 
 The second is negative exactly where the collapsed solution is the better ELBO: there ignoring
 z is what the objective prefers, and KL > 0 is kept by optimization, not by the objective.
-Across seeds: mean ± std (ddof 1); a difference counts only beyond max(two seed std, two
-per-image standard errors).
+Across seeds: the per-seed differences' mean and 95 % t interval (`stages.report.stats`, paired:
+the VAE and its decoder alone share the seed and the test images); a difference is decided only
+where that interval excludes 0.
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.report import claims
+from stages.report import claims, stats
 from stages.report.claims import Claim, pm
 from stages.errors import DataError
 from stages.schema import to_plain
 
 INDEPENDENT = "independent pixels"
-BETTER, WORSE, TIE = "collapse is the better ELBO", "the VAE's ELBO is better", "within noise"
+BETTER, WORSE, TIE = "collapse is the better ELBO", "the VAE's ELBO is better", "unresolved"
 IGNORED = ("conditional", "z_pathway")  # what a decoder-alone twin may differ in
 
 
@@ -85,25 +86,28 @@ def z_adds_table(data, results: pd.DataFrame) -> pd.DataFrame:
                                "n_images": int(min(len(d) for d in iw))}
         for key, diffs in (("nll_alone", alone), ("z_adds_iw", iw), ("z_adds_elbo", elbo)):
             row[f"{key}_nats"], row[f"{key}_std"], row[f"{key}_se"] = seed_stats(diffs)
-        row["collapse"] = collapse_word(row["z_adds_elbo_nats"], row["z_adds_elbo_std"], row["z_adds_elbo_se"])
+            ci = stats.interval([d.mean() for d in diffs])
+            row[f"{key}_lo"], row[f"{key}_hi"] = ci.lo, ci.hi
+        row["collapse"] = collapse_word(stats.interval([d.mean() for d in elbo]))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def noise(std: float, se: float) -> float:
-    return max(2 * std if not pd.isna(std) else 0.0, 2 * se if not pd.isna(se) else 0.0)
+def collapse_word(elbo_gap: stats.Interval) -> str:
+    """Is the collapsed solution's ELBO (the decoder alone's log p(x)) above the VAE's? Decided
+    where the paired 95 % interval of the VAE's ELBO minus the decoder alone's excludes 0."""
+    return {"below": BETTER, "above": WORSE}.get(elbo_gap.side(0.0), TIE)
 
 
-def collapse_word(elbo_gap: float, std: float, se: float) -> str:
-    """Is the collapsed solution's ELBO (the decoder alone's log p(x)) above the VAE's?"""
-    if abs(elbo_gap) <= noise(std, se):
-        return TIE
-    return WORSE if elbo_gap > 0 else BETTER
+def interval_of(row, key: str) -> stats.Interval:
+    """A z_adds row's paired interval over seed pairs for `key` (z_adds_iw, z_adds_elbo, nll_alone)."""
+    return stats.Interval.of(getattr(row, f"{key}_nats"), getattr(row, f"{key}_std"), int(row.n_seed_pairs))
 
 
 def _trend(z_adds: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     """The trend rungs' rows of z_adds, joined with their KL, power and verdict, weakest first."""
-    cols = ["rung", "power", "receptive_field", "raster_share", "kl_nats", "kl_nats_std", "verdict"]
+    cols = ["rung", "power", "receptive_field", "raster_share", "n_seeds", "kl_nats", "kl_nats_std", "verdict"]
+    z_adds = z_adds.drop(columns=[c for c in cols if c != "rung" and c in z_adds.columns])
     trend = claims.trend_rungs(results)[[c for c in cols if c in results.columns]]
     return trend.merge(z_adds, on="rung").sort_values("power").reset_index(drop=True)
 
@@ -117,80 +121,83 @@ def what_z_adds(z_adds: pd.DataFrame, results: pd.DataFrame) -> Claim | None:
     t = _trend(z_adds, results)
     if t.empty:
         return None
-    parts = [f"`{r.rung}` {pm(r.z_adds_iw_nats, r.z_adds_iw_std)} by IW, "
-             f"{pm(r.z_adds_elbo_nats, r.z_adds_elbo_std)} by the ELBO (alone: {_alone_label(r)}; {r.collapse})"
-             for r in t.itertuples()]
-    rho = claims.spearman(t["z_adds_iw_nats"], t["kl_nats"]) if len(t) > 2 else math.nan
+    side = {r.rung: interval_of(r, "z_adds_iw").side(0.0) for r in t.itertuples()}
+    groups = {w: [r for r, sd in side.items() if sd == key] for w, key in (
+        ("more likelihood with z", "above"), ("less", "below"), ("unresolved", "unresolved"))}
+    rho, p = stats.spearman(t["z_adds_iw_nats"], t["kl_nats"]) if len(t) > 2 else (math.nan, math.nan)
     follows = ("" if pd.isna(rho) else
-               f" KL against what z adds by IW over these {len(t)} rungs: Spearman's rho {rho:.2f}.")
-    text = ("What z adds, paired per test image and seed by seed (NLL of the decoder alone minus NLL "
-            "of the VAE, nats, mean ± std over seed pairs; negative by the ELBO where the collapsed "
-            "solution, q = prior and the decoder alone, is the better ELBO; a difference counts only "
-            "beyond two seed std and two per-image standard errors), in order of power: "
-            + "; ".join(parts) + "." + follows)
-    return Claim("what_z_adds", text, {"rows": t.to_dict("records"), "spearman_rho_kl_z_adds": rho})
+               f" KL against what z adds: Spearman's rho {rho:.2f}, exact p = {p:.3f} (n = {len(t)}).")
+    text = ("What z adds by IW (NLL of the decoder alone minus the VAE's, paired; table 'What z adds, "
+            "rung by rung'): " + "; ".join(f"{w} at {claims._names(g)}" for w, g in groups.items() if g)
+            + "." + follows)
+    return Claim("what_z_adds", text, {"rows": t.to_dict("records"), "spearman_rho_kl_z_adds": rho,
+                                       "spearman_p": p})
+
+
+def strength_claim(z_adds: pd.DataFrame, results: pd.DataFrame) -> Claim | None:
+    """KL and what z adds against the NLL of the decoder alone (how well the decoder models the
+    data without z), over the trend rungs: Spearman's rho with n and the exact permutation p."""
+    t = _trend(z_adds, results)
+    if len(t) < 3:
+        return None
+    kl_rho, kl_p = stats.spearman(t["nll_alone_nats"], t["kl_nats"])
+    z_rho, z_p = stats.spearman(t["nll_alone_nats"], t["z_adds_iw_nats"])
+
+    def words(rho: float, p: float) -> str:
+        return "undefined" if pd.isna(rho) else f"rho {rho:.2f} (exact p = {p:.3f})"
+
+    strongest = t.loc[t["nll_alone_nats"].idxmin()]
+    text = (f"Against the decoder alone's NLL (its own strength; n = {len(t)} trend rungs), KL has "
+            f"{words(kl_rho, kl_p)} and what z adds {words(z_rho, z_p)}: a positive rho means less "
+            f"where the decoder alone is stronger. The strongest decoder alone, `{strongest.rung}`'s "
+            f"({strongest.nll_alone_nats:.2f} nats), is not the largest receptive field's"
+            if strongest.rung != t.iloc[-1].rung else
+            f"Against the decoder alone's NLL (its own strength; n = {len(t)} trend rungs), KL has "
+            f"{words(kl_rho, kl_p)} and what z adds {words(z_rho, z_p)}: a positive rho means less "
+            f"where the decoder alone is stronger. The strongest decoder alone is the largest "
+            f"receptive field's (`{strongest.rung}`, {strongest.nll_alone_nats:.2f} nats)")
+    return Claim("strength", text + ".", {"n": len(t), "kl_rho": kl_rho, "kl_p": kl_p,
+                                          "z_adds_rho": z_rho, "z_adds_p": z_p,
+                                          "strongest_alone": strongest.rung})
 
 
 def collapse_optimum(z_adds: pd.DataFrame, results: pd.DataFrame, threshold: float) -> Claim | None:
-    """Where along the power axis ignoring z becomes the better ELBO, and the KL kept there."""
+    """Where along the power axis ignoring z is the better ELBO (decided at 95 %), where the VAE's
+    ELBO is, and where it is unresolved; the KL and what z adds at the strongest rung."""
     t = _trend(z_adds, results)
     if t.empty:
         return None
-    better = t[t["collapse"] == BETTER]
-    share = "raster_share" in t.columns
-
-    def power_words(row) -> str:
-        return (f"receptive field {int(row.receptive_field)} pixels"
-                + (f", {100 * row.raster_share:.0f}% of the 28x28 raster past" if share else ""))
-
-    if better.empty:
-        top = t.iloc[-1]
-        worse, ties = t[t["collapse"] == WORSE], t[t["collapse"] == TIE]
-        parts = ([f"the VAE's ELBO beats the decoder alone's log-likelihood beyond noise at "
-                  f"{claims._names(worse['rung'])}"] if len(worse) else []) + \
-                ([f"the two are within noise of each other at {claims._names(ties['rung'])}"] if len(ties) else [])
-        text = ("Collapse is not the ELBO's optimum beyond noise at any rung of the power axis: "
-                + "; ".join(parts) + f". At the strongest rung `{top.rung}` ({power_words(top)}) z adds "
-                f"{pm(top.z_adds_iw_nats, top.z_adds_iw_std)} nats by IW and "
-                f"{pm(top.z_adds_elbo_nats, top.z_adds_elbo_std)} by the ELBO (mean ± std over "
-                f"{int(top.n_seed_pairs)} seed pair{'s' if top.n_seed_pairs != 1 else ''}), and the VAE "
-                f"keeps {pm(top.kl_nats, top.kl_nats_std)} nats of KL ({top.verdict} by the 2-std rule "
-                f"against the collapse threshold of {threshold:g} nats).")
-        return Claim("collapse_optimum", text, {"first_rung": None, "rungs": [], "top_rung": top.rung,
-                                                "within_noise": list(ties["rung"])})
-    first = better.iloc[0]
-    above = t[t["power"] > first.power]
-    exceptions = above[above["collapse"] != BETTER]
-    kept = better[["rung", "kl_nats", "kl_nats_std", "verdict"]].to_dict("records")
-    verdict_words = {
-        claims.COLLAPSED: "collapsed",
-        claims.KEPT: "above it: the trained VAE does not reach the optimum the ELBO prefers",
-        claims.BORDERLINE: "borderline: within two seed std of it, no verdict",
-        claims.ONE_SEED: "no verdict with one seed",
-    }
-    listed = "; ".join(f"`{r['rung']}` {pm(r['kl_nats'], r['kl_nats_std'])} nats "
-                       f"({verdict_words.get(r['verdict'], r['verdict'])})" for r in kept)
-    text = (f"Collapse becomes the ELBO's optimum at `{first.rung}` ({power_words(first)}): there the "
-            f"decoder alone ({_alone_label(first)}) scores a higher log-likelihood than the VAE's "
-            f"ELBO, by {pm(-first.z_adds_elbo_nats, first.z_adds_elbo_std)} nats per image (paired, "
-            f"{int(first.n_seed_pairs)} seed pair{'s' if first.n_seed_pairs != 1 else ''})"
-            + (", and so at every stronger rung" if exceptions.empty and len(above) else
-               f", but not at the stronger {claims._names(exceptions['rung'])}" if len(exceptions) else "")
-            + f". Where collapse is the better ELBO the trained VAEs keep KL of {listed}, against the "
-            f"collapse threshold of {threshold:g} nats by the 2-std rule.")
+    groups = {word: list(t.loc[t["collapse"] == word, "rung"]) for word in (BETTER, WORSE, TIE)}
+    top = t.iloc[-1]
+    top_row = next(t.tail(1).itertuples())
+    gain, elbo_gap = interval_of(top_row, "z_adds_iw"), interval_of(top_row, "z_adds_elbo")
+    kl = claims.kl_interval(top)
+    parts = [f"{words} at {claims._names(groups[word])}" for word, words in (
+        (BETTER, "collapse (q = prior, the decoder alone) is the better ELBO"),
+        (WORSE, "the VAE's ELBO is better"), (TIE, "it is unresolved")) if groups[word]]
+    need = elbo_gap.seeds_to_resolve(0.0) if top.collapse == TIE else None
+    text = ("Is collapse the ELBO's optimum? Paired per image and seed, 95 % interval over seed pairs: "
+            + "; ".join(parts) + f". At the strongest rung `{top.rung}` (receptive field "
+            f"{int(top.receptive_field)} pixels) z adds {gain.text()} nats by IW and "
+            f"{elbo_gap.text()} by the ELBO"
+            + (f" ({stats.seed_word(need)})" if top.collapse == TIE else "")
+            + f", and the VAE keeps {kl.text()} nats of KL ({top.verdict} against {threshold:g} nat"
+            + ("s" if threshold != 1 else "") + ").")
     return Claim("collapse_optimum", text, {
-        "first_rung": first.rung, "rungs": list(better["rung"]), "exceptions_above": list(exceptions["rung"]),
-        "elbo_gain_of_collapse_nats": -first.z_adds_elbo_nats, "kept": kept})
+        "better": groups[BETTER], "worse": groups[WORSE], "unresolved": groups[TIE],
+        "first_rung": groups[BETTER][0] if groups[BETTER] else None, "top_rung": top.rung,
+        "top_collapse": top.collapse, "top_kl": kl.plain(), "top_verdict": top.verdict,
+        "top_z_adds_iw": gain.plain(), "top_z_adds_elbo": elbo_gap.plain(),
+        "top_seeds_to_resolve": need})
 
 
-def _moved(before: float, before_std: float, after: float, after_std: float) -> tuple[str, float]:
-    """How a mean moved between two studies: beyond two combined seed std, or within it."""
-    spread = 2 * math.hypot(before_std, after_std)
-    if pd.isna(spread):
-        return "cannot be judged (one seed: no spread)", spread
-    if abs(after - before) <= spread:
-        return "held (within two combined seed std)", spread
-    return ("grew" if after > before else "shrank") + " beyond two combined seed std", spread
+def _moved(before: stats.Interval, after: stats.Interval) -> str:
+    """How a mean moved between two studies, by the 95 % Welch interval of the change."""
+    change = stats.difference(after, before)
+    if not change.known:
+        return "cannot be judged (one seed: no interval)"
+    return {"above": "grew", "below": "shrank"}.get(change.side(), "unresolved") + \
+        f" ({change.text()} nats)"
 
 
 def top_with_training(results: pd.DataFrame, baseline: pd.DataFrame, label: str) -> Claim | None:
@@ -202,21 +209,23 @@ def top_with_training(results: pd.DataFrame, baseline: pd.DataFrame, label: str)
         return None
     top = shared[-1]
     a, b = theirs.loc[top], results.set_index("rung").loc[top]
-    kl_word, _ = _moved(a["kl_nats"], a["kl_nats_std"], b["kl_nats"], b["kl_nats_std"])
-    parts = [f"the KL the VAE keeps {kl_word}: {pm(a['kl_nats'], a['kl_nats_std'])} -> "
-             f"{pm(b['kl_nats'], b['kl_nats_std'])} nats"]
+    def iv(row, key: str) -> stats.Interval:  # kl: kl_nats_std; z_adds_*: z_adds_*_std
+        std = row[f"{key}_nats_std"] if f"{key}_nats_std" in row.index else row[f"{key}_std"]
+        return stats.Interval.of(row[f"{key}_nats"], std, int(row["n_seeds"]))
+
+    kl_word = _moved(iv(a, "kl"), iv(b, "kl"))
+    parts = [f"the KL the VAE keeps {kl_word}: {iv(a, 'kl').text()} -> {iv(b, 'kl').text()} nats"]
     numbers: dict[str, Any] = {"rung": top, "kl_change": kl_word.split(" ")[0],
                                "kl_nats": [a["kl_nats"], b["kl_nats"]]}
     for key, words in (("z_adds_iw", "what z adds by IW"), ("z_adds_elbo", "by the ELBO")):
         if f"{key}_nats" in theirs.columns and f"{key}_nats" in b.index and not pd.isna(a[f"{key}_nats"]) \
                 and not pd.isna(b[f"{key}_nats"]):
-            word, _ = _moved(a[f"{key}_nats"], a[f"{key}_std"], b[f"{key}_nats"], b[f"{key}_std"])
-            parts.append(f"{words} {word}: {pm(a[f'{key}_nats'], a[f'{key}_std'])} -> "
-                         f"{pm(b[f'{key}_nats'], b[f'{key}_std'])} nats")
+            word = _moved(iv(a, key), iv(b, key))
+            parts.append(f"{words} {word}: {iv(a, key).text()} -> {iv(b, key).text()} nats")
             numbers[f"{key}_change"] = word.split(" ")[0]
             numbers[f"{key}_nats"] = [a[f"{key}_nats"], b[f"{key}_nats"]]
     if "collapse" in theirs.columns and isinstance(a.get("collapse"), str) and isinstance(b.get("collapse"), str):
         parts.append(f"collapse against the VAE's own ELBO: {a['collapse']} -> {b['collapse']}")
     text = (f"At the top of the power axis, `{top}`, from the baseline ({label}) to this study "
-            "(mean ± std over seeds): " + "; ".join(parts) + ".")
+            "(95 % intervals over seeds): " + "; ".join(parts) + ".")
     return Claim("top_with_training", text, numbers)
