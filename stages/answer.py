@@ -22,7 +22,7 @@ from stages.fsutil import write_text
 from stages.options import ROOT
 
 BEGIN, END = "<!-- answer:begin (vae-study answer writes this block) -->", "<!-- answer:end -->"
-STUDIES = (("default", "reports", "5 epochs"), ("early-stopped", "reports/long", "early-stopped"),
+STUDIES = (("default", "reports", "5 epochs"), ("early-stopped", "reports/long", "patience 4, cap 50 epochs"),
            ("grid", "reports/grid", "5 epochs, ELBO cells"))
 
 

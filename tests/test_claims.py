@@ -53,7 +53,7 @@ def test_a_step_falls_or_rises_only_where_its_95_percent_interval_says_so():
     bumpy = table([30.0, 25.0, 9.0, 12.0, 0.5])
     c = claims.power_trend(bumpy, per_seed(bumpy))
     assert c.numbers["step_words"] == ["falls", "rises", "falls"]
-    assert "It rises at `r2` -> `r3`" in c.text and "It falls at `r0`/`r1` -> `r2`, `r3` -> `r4`" in c.text
+    assert "it rises at `r2` -> `r3`" in c.text and "It falls at `r0`/`r1` -> `r2`, `r3` -> `r4`" in c.text
     close = table([30.0, 25.0, 9.0, 9.1, 0.5], std=[0.1, 0.1, 0.2, 0.2, 0.1])
     assert claims.power_trend(close, per_seed(close)).numbers["step_words"] == ["falls", "flat", "falls"]
 

@@ -26,7 +26,7 @@ from stages.live import EpochLog, read_history
 from stages.params import parse_params
 
 REPO = Path(__file__).resolve().parents[1]
-FIGURES = ("headline", "kl_vs_z_adds", "kl_training", "rate_distortion", "k_convergence", "reconstructions",
+FIGURES = ("headline", "strength", "kl_vs_z_adds", "kl_training", "rate_distortion", "k_convergence", "reconstructions",
            "samples", "latent_kl")
 LATENT_DIM, N_SHOW, K, N_TEST = 8, 6, 100, 500
 
@@ -249,7 +249,8 @@ def test_the_report_renders_every_claim_with_its_numbers(rendered):
     assert "`mlp`/`conv` share a receptive field: a tie" in trend["text"] and "falls" not in trend["text"]
     assert found["kl_gone_at_top"]["numbers"]["top_rung"] == "pixelcnn_2"
     assert found["kl_gone_at_top"]["numbers"]["share_gone_percent"]["mean"] == pytest.approx(100 * (1 - 0.1 / 23.5))
-    assert "(`pixelcnn_3x3`) keeps 9.00 nats" in found["pathway_pixelcnn_3x3_bias"]["text"]
+    assert "with the spatial pathway `pixelcnn_3x3` keeps 9.00; the difference, 8.40 nats, is unresolved" \
+        in found["pathway_pixelcnn_3x3_bias"]["text"]  # one seed: no interval, no decision
     rows = {r["rung"]: r for r in found["what_z_adds"]["numbers"]["rows"]}
     assert rows["pixelcnn_2"]["twin"] == "pixelcnn_uncond"  # the same architecture without z
     assert rows["pixelcnn_2"]["z_adds_iw_nats"] == pytest.approx(-0.3, abs=1e-6)  # paired: -88.3 - (-88.0)
@@ -284,7 +285,7 @@ def test_a_threshold_verdict_needs_its_95_percent_interval_clear_of_the_threshol
     assert results.loc["mlp", "verdict"] == "not collapsed"
     assert results.loc["pixelcnn_uncond", "verdict"] == "n/a (no z)"
     text = claims_of(layout)["verdicts"]["text"]
-    assert "unresolved" in text and "`pixelcnn_3x3_bias` 0.60 [-0.15, 1.35]" in text
+    assert "unresolved (the interval contains the threshold): `pixelcnn_3x3_bias` (about 5 seeds" in text
     md = (layout.reports / "report.md").read_text()
     assert "22.00 ± 1.00" in md and "Mean ± standard deviation over seeds 0, 1, 2" in md
 
@@ -303,7 +304,7 @@ def test_several_seeds_give_mean_and_std(tmp_path):
     assert table.loc["conv", "nll_iw_nats_std"] == pytest.approx(math.sqrt(2), abs=1e-5)
     assert (table["n_seeds"] == 2).all() and (table["seeds"] == "0;1").all()
     trend = claims_of(layout)["power_trend"]
-    assert "with the 95 % interval of the change" in trend["text"] and len(trend["numbers"]["steps"]) == 2
+    assert "Each step's 95 % interval is in the table of steps" in trend["text"] and len(trend["numbers"]["steps"]) == 2
 
 
 @pytest.mark.parametrize("victim", ["metrics", "images", "history", "summary", "reference"])

@@ -80,7 +80,7 @@ def top_sentence(optimum: dict[str, Any], threshold: float) -> str:
     decided = gain.side(0.0)
     adds = ({"above": "more likelihood than its decoder alone",
              "below": "less likelihood than its decoder alone"}.get(decided)
-            or f"no decided likelihood over its decoder alone ({stats.seed_word(optimum['top_seeds_to_resolve'])})")
+            or f"no decided likelihood over its decoder alone ({stats.seed_word(optimum['top_iw_seeds_to_resolve'])})")
     return (f"At the top, `{optimum['top_rung']}` keeps {kl.text()} nats of KL ({kept}), and z gives "
             f"{gain.text()} nats: {adds}.")
 
@@ -123,6 +123,17 @@ def explanation_sentence(optimum: dict[str, Any]) -> str:
             "is unresolved; local maxima of the likelihood (Lucas et al. 2019) are not tested.")
 
 
+def cpu_name() -> str:
+    """The CPU model of the machine rendering the report (Linux), '' elsewhere."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def scope_line(data, results: pd.DataFrame) -> str:
     p, s = data.params, data.summary
     epochs = sorted({int(run.history["epoch"].max()) for run in data.runs.values()})
@@ -133,7 +144,8 @@ def scope_line(data, results: pd.DataFrame) -> str:
                       for run in data.runs.values()})
     return (f"Scope: MNIST, {s['method']} binarization, {s['train']['n_images']:,} training images, "
             f"{schedule}, K = {int(results['iw_k'].min()):,} on {int(results['n_test'].min()):,} "
-            f"test images, {len(p.seeds)} seeds, {', '.join(devices)}.")
+            f"test images, {len(p.seeds)} seeds, {', '.join(devices)}"
+            + (f" (rendered on {cpu_name()})" if cpu_name() else "") + ".")
 
 
 def abstract(found: list[Claim], results: pd.DataFrame, threshold: float) -> list[str]:

@@ -137,7 +137,7 @@ def power_trend(results: pd.DataFrame, per_seed: pd.DataFrame) -> Claim | None:
             "undecided": "is undecided (one seed) at"}
     text = (f"KL along the power axis ({len(trend)} trend rungs by receptive field): Spearman's rho "
             + ("undefined" if pd.isna(rho) else f"{rho:.2f}, exact p = {p:.3f}") + f" (n = {len(trend)}). "
-            + "; ".join(f"It {said[w]} {', '.join(v)}" for w, v in by_word.items() if v)
+            + "It " + "; it ".join(f"{said[w]} {', '.join(v)}" for w, v in by_word.items() if v)
             + (f"; {', '.join(_group(t) for t in ties)} share a receptive field: a tie, not an order" if ties else "")
             + "." + (" KL plateaus at the top." if top_flat else "")
             + " Each step's 95 % interval is in the table of steps.")
@@ -439,8 +439,12 @@ def probe(results: pd.DataFrame) -> Claim | None:
                   + ", ".join(f"{pm(100 * r.probe_accuracy, 100 * r.probe_accuracy_std, 1)}% "
                               f"(`{r.rung}`)" for r in floor.itertuples()) + ", the floor"
                   if len(floor) else "")
+    below = len(floor) and float(floor["probe_accuracy"].max()) < CHANCE
     text = (f"A linear probe on sampled z ~ q(z|x) reads the digit with {listed}{floor_text}; "
-            f"chance is {CHANCE:.0%}.")
+            f"chance is {CHANCE:.0%}"
+            + (f" (the floor is below it by sampling error only: on {int(results['n_test'].min()):,} test "
+               f"images chance has a standard error of "
+               f"{100 * math.sqrt(CHANCE * (1 - CHANCE) / results['n_test'].min()):.1f} points)." if below else "."))
     return Claim("probe", text, {r.rung: r.probe_accuracy for r in results.itertuples()})
 
 

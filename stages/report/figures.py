@@ -58,7 +58,9 @@ def rung_styles(names: list[str], side: set[str]) -> dict[str, dict]:
     ladder = [n for n in names if n not in side]
     shades = np.linspace(0.8, 0.0, len(ladder)) if len(ladder) > 1 else [0.4]
     styles = {n: {"color": cmap(v), "ls": "-", "marker": "o"} for n, v in zip(ladder, shades)}
-    styles.update({n: {"color": BASELINE_COLOR, "ls": "--", "marker": "s"} for n in side})
+    markers = ("s", "^", "v", "D", "P", "X", "<", ">")  # side rungs: grey, told apart by their marker
+    styles.update({n: {"color": BASELINE_COLOR, "ls": "--", "marker": markers[i % len(markers)]}
+                   for i, n in enumerate(n for n in names if n in side)})
     return {n: styles[n] for n in names}
 
 
@@ -90,6 +92,14 @@ def power_positions(results: pd.DataFrame) -> np.ndarray:
             offsets = np.linspace(-1, 1, len(idx))
             x[idx] = field + 0.25 * offsets if field == 0 else field * (1 + 0.08 * offsets)
     return x
+
+
+def _trend_line(ax, fields: np.ndarray, values: np.ndarray, color: str) -> None:
+    """The trend as a line through the mean of each receptive field: rungs of equal field are a
+    tie, so no segment joins them as if one were stronger."""
+    means = pd.Series(values).groupby(fields).mean()
+    ax.plot(means.index.to_numpy(float), means.to_numpy(float), "-", color=color, lw=1.4, alpha=0.8,
+            zorder=1)
 
 
 def _symlog_axis(ax, results: pd.DataFrame) -> None:
@@ -128,8 +138,10 @@ def headline(results: pd.DataFrame, threshold: float) -> Figure:
         side = has_z & ~trend
         x_side = np.where(x > 0, x * 1.18, x + 0.35)  # beside the trend point of the same field
 
-        ax_kl.errorbar(x[trend], kl[trend], yerr=kl_err[trend], fmt="o-", color="C0", ms=7, capsize=3,
+        fields = results["receptive_field"].to_numpy(float)
+        ax_kl.errorbar(x[trend], kl[trend], yerr=kl_err[trend], fmt="o", color="C0", ms=7, capsize=3,
                        label="trend rungs (one z pathway)", zorder=2)
+        _trend_line(ax_kl, fields[trend], kl[trend], "C0")
         if side.any():
             ax_kl.errorbar(x_side[side], kl[side], yerr=kl_err[side], fmt="s", color=BASELINE_COLOR, ms=7,
                            capsize=3, label="side rungs (not in the trend)")
@@ -143,8 +155,9 @@ def headline(results: pd.DataFrame, threshold: float) -> Figure:
         ax_kl.set_title("Information in z against the causal context the decoder sees")
         ax_kl.legend(loc="upper right")
 
-        ax_nll.errorbar(x[trend], nll[trend], yerr=nll_err[trend], fmt="o-", color="C1", ms=6,
+        ax_nll.errorbar(x[trend], nll[trend], yerr=nll_err[trend], fmt="o", color="C1", ms=6,
                         capsize=3, label="VAE, -log p(x) (IW)")
+        _trend_line(ax_nll, fields[trend], nll[trend], "C1")
         if side.any():
             ax_nll.errorbar(x_side[side], nll[side], yerr=nll_err[side], fmt="s", color=BASELINE_COLOR,
                             ms=6, capsize=3)
@@ -158,9 +171,13 @@ def headline(results: pd.DataFrame, threshold: float) -> Figure:
             ax_nll.errorbar(x[shown], alone[shown], yerr=alone_err[shown], fmt="s", mfc="white",
                             color=BASELINE_COLOR, ms=6, capsize=3,
                             label="its decoder alone (no-z twin, or independent pixels), exact")
-            for xi, value in zip(x[paired & ~shown], alone[paired & ~shown]):
-                ax_nll.annotate(f"decoder alone: {value:.0f} (off scale)", (xi, ylim[1]), xytext=(0, -12),
-                                textcoords="offset points", ha="center", fontsize=7.5, color=BASELINE_COLOR)
+            off = paired & ~shown
+            if off.any():  # one note for all of them (the factorized rungs share independent pixels)
+                names = ", ".join(results["rung"][off])
+                values = "/".join(sorted({f"{v:.0f}" for v in alone[off]}))
+                ax_nll.annotate(f"decoder alone of {names}: {values} nats (off scale)",
+                                (float(np.mean(x[off])), ylim[1]), xytext=(0, -12), textcoords="offset points",
+                                ha="left", fontsize=7.5, color=BASELINE_COLOR)
         for row in results[~has_z].itertuples():  # a no-z rung that is nobody's twin
             ax_nll.axhline(row.nll_iw_nats, color=BASELINE_COLOR, ls="--", lw=1.2,
                            label=f"decoder alone ({row.rung})")
@@ -193,6 +210,9 @@ def strength(results: pd.DataFrame, threshold: float) -> Figure:
                 ax.annotate(name, (xi, yi), textcoords="offset points", xytext=(6, 4), fontsize=8)
             ax.set_ylabel(label)
             ax.set_xscale("log")
+            ticks = [t for t in (80, 90, 100, 120, 150, 200, 300) if x.min() * 0.9 <= t <= x.max() * 1.1]
+            ax.set_xticks(ticks, [str(t) for t in ticks])
+            ax.minorticks_off()
             ax.set_xlabel("NLL of the decoder alone (nats, log scale; stronger to the right)")
         ax_kl.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
         ax_z.axhline(0, color=BASELINE_COLOR, lw=1)
@@ -200,6 +220,33 @@ def strength(results: pd.DataFrame, threshold: float) -> Figure:
         ax_kl.legend(loc="upper left")
         ax_kl.set_title("Information in z against the decoder's own strength")
         ax_z.set_title("What z adds against the decoder's own strength")
+    return fig
+
+
+def kl_vs_z_adds(results: pd.DataFrame, threshold: float) -> Figure:
+    """KL (nats) against what z adds by IW (NLL of the decoder alone minus NLL_IW of the VAE,
+    nats, paired per image), one point per trend rung, mean and 95 % interval over seeds. Filled:
+    the VAE's ELBO beats the collapsed solution's; open: collapse is the better ELBO or unresolved."""
+    rows = results[(results["role"] == "trend") & results["z_adds_iw_nats"].notna()]
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(7.5, 5.2), layout="constrained")
+        ax = fig.subplots()
+        styles = rung_styles(list(rows["rung"]), set())
+        x_err = half_width(rows["z_adds_iw_nats"], rows["z_adds_iw_std"], rows["n_seeds"])
+        y_err = half_width(rows["kl_nats"], rows["kl_nats_std"], rows["n_seeds"])
+        for r, xe, ye in zip(rows.itertuples(), x_err, y_err):
+            open_marker = r.collapse != "the VAE's ELBO is better"
+            ax.errorbar(r.z_adds_iw_nats, r.kl_nats, xerr=xe, yerr=ye, fmt="o", ms=7, capsize=3,
+                        color=styles[r.rung]["color"], mfc="white" if open_marker else styles[r.rung]["color"])
+            ax.annotate(r.rung, (r.z_adds_iw_nats, r.kl_nats), textcoords="offset points",
+                        xytext=(6, 4), fontsize=8)
+        ax.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
+        ax.axvline(0, color=BASELINE_COLOR, lw=1)
+        ax.set_xscale("symlog", linthresh=1.0)
+        ax.set_xlabel("what z adds: NLL of the decoder alone - NLL_IW of the VAE (nats, symlog scale)")
+        ax.set_ylabel("KL[q(z|x) || p(z)] (nats)")
+        ax.set_title("KL against what z adds, one point per rung (open: the VAE's ELBO is not decidedly better)")
+        ax.legend(loc="best")
     return fig
 
 
@@ -230,7 +277,8 @@ def kl_training(history: pd.DataFrame, names: list[str], side: set[str], thresho
                         ax.plot(run["images_seen"], run[key], color=st["color"], ls=st.get("ls", "-"),
                                 lw=0.8, alpha=0.6)
         ax_kl.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
-        ax_kl.set_ylabel("validation KL[q(z|x) || p(z)] (nats)")
+        ax_kl.set_ylabel("validation KL[q(z|x) || p(z)] (nats, symlog: linear below 1)")
+        ax_kl.set_yscale("symlog", linthresh=1.0)  # the top rungs' 0-3 nats are not squeezed flat
         ax_kl.set_ylim(bottom=0)
         ax_kl.set_title("KL term during training")
         ax_elbo.set_ylabel("validation ELBO (nats)")

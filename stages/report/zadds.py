@@ -188,7 +188,8 @@ def collapse_optimum(z_adds: pd.DataFrame, results: pd.DataFrame, threshold: flo
         "first_rung": groups[BETTER][0] if groups[BETTER] else None, "top_rung": top.rung,
         "top_collapse": top.collapse, "top_kl": kl.plain(), "top_verdict": top.verdict,
         "top_z_adds_iw": gain.plain(), "top_z_adds_elbo": elbo_gap.plain(),
-        "top_seeds_to_resolve": need})
+        "top_seeds_to_resolve": need,
+        "top_iw_seeds_to_resolve": gain.seeds_to_resolve(0.0) if gain.side(0.0) == "unresolved" else None})
 
 
 def _moved(before: stats.Interval, after: stats.Interval) -> str:
