@@ -47,10 +47,14 @@ GPU_STAGES = ("train", "evaluate")  # the stages that run torch on VAE_STUDY_DEV
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 POLL_S = 0.5
 # The task's process group: the command in the background, and a watcher that kills the whole
-# group (SIGKILL to pid 0) once the worker that started it has died, however it died.
+# group (SIGKILL to pid 0) once the worker that started it is no longer this shell's parent: it
+# died, however (a SIGKILLed worker's children are re-parented at once, even while it is a zombie
+# that `kill -0` still finds; that test is the fallback where /proc is absent).
 GROUP_SCRIPT = """watched=$1; shift
+parent() { if [ -r /proc/$$/stat ]; then set -- $(cat /proc/$$/stat); echo "$4";
+           elif kill -0 "$watched" 2>/dev/null; then echo "$watched"; fi; }
 "$@" & job=$!
-(while kill -0 "$watched" 2>/dev/null; do sleep 1; done; kill -KILL 0) & watcher=$!
+(while [ "$(parent)" = "$watched" ]; do sleep 1; done; kill -KILL 0) & watcher=$!
 wait "$job"; rc=$?
 kill "$watcher" 2>/dev/null
 exit "$rc"

@@ -7,6 +7,7 @@ directory), the project pushed to a bare git repo and a file DVC remote in a tem
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -32,6 +33,9 @@ PARAMS = copy.deepcopy(TINY_PARAMS)
 PARAMS["train"]["epochs"] = 1
 PARAMS["decoders"] = {"linear": {"family": "linear"},
                       "pixelcnn_2": TINY_PARAMS["decoders"]["pixelcnn_2"]}
+LONG = {**copy.deepcopy(PARAMS), "decoders": {"linear": {"family": "linear"}}}
+LONG["train"]["epochs"] = 200
+HISTORY = "data/history/linear/seed0/metrics.json"  # DVCLive rewrites it every epoch
 ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 ROW = re.compile(r"^(\S+)\s+(ran|restored|pulled|unchanged)\s+([\d.]+)\s+(\S+)$", re.M)
 DASK = str(Path(sys.executable).parent / "dask")
@@ -102,7 +106,11 @@ def template(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def project(template, tmp_path) -> Path:
-    """A copy of the tiny study, pushed to a bare repo (origin), with a file remote as default."""
+    return pushed_project(template, tmp_path)
+
+
+def pushed_project(template: Path, tmp_path: Path) -> Path:
+    """A copy of a study, pushed to a bare repo (origin), with a file remote as its default."""
     root = Path(shutil.copytree(template, tmp_path / "work", symlinks=True))
     sh(root, "git", "init", "-q", "--bare", str(tmp_path / "origin.git"))
     sh(root, "git", "remote", "add", "origin", str(tmp_path / "origin.git"))
@@ -195,34 +203,46 @@ def one_thread(monkeypatch):
         monkeypatch.setenv(k, v)
 
 
-def test_a_worker_killed_mid_stage_has_its_task_rerun_on_the_other_and_pushes_nothing_half_written(
-        project, cluster, tmp_path):
-    workers = cluster.wait_for(2)
-    coordinator = cluster_command(project, "--scheduler", cluster.address)
-    victim, trainer = None, None
-    deadline = time.time() + 300
-    while victim is None and time.time() < deadline and coordinator.poll() is None:
+@pytest.fixture(scope="module")
+def long_template(tmp_path_factory) -> Path:
+    """One rung trained for many tiny epochs: seconds of training, an epoch's metrics written each
+    ~0.05 s, so a kill lands mid-stage."""
+    return make_project(tmp_path_factory.mktemp("long") / "study", LONG)
+
+
+def training_process(workers: dict[int, str], deadline: float):
+    """(the `vae-study train` process, the worker pid it runs under) once one has logged an epoch."""
+    while time.time() < deadline:
         for proc in psutil.process_iter(["cmdline"]):
             cmd = proc.info["cmdline"] or []
-            if any(c.endswith("vae-study") for c in cmd) and "train" in cmd:
-                owner = next((p.pid for p in proc.parents() if p.pid in workers), None)
-                if owner is not None:
-                    victim, trainer = owner, proc
-                    break
+            if not (any(c.endswith("vae-study") for c in cmd) and "train" in cmd):
+                continue
+            owner = next((p.pid for p in proc.parents() if p.pid in workers), None)
+            with contextlib.suppress(psutil.Error):
+                if owner and (Path(proc.cwd()) / HISTORY).exists():
+                    return proc, owner
         time.sleep(0.05)
-    assert victim is not None, "no training process was seen on a worker"
+    raise AssertionError("no training process on a worker logged an epoch")
+
+
+def test_a_worker_killed_mid_stage_has_its_task_rerun_on_the_other_and_pushes_nothing_half_written(
+        long_template, cluster, tmp_path):
+    root = pushed_project(long_template, tmp_path)
+    workers = cluster.wait_for(2)
+    coordinator = cluster_command(root, "--scheduler", cluster.address)
+    trainer, victim = training_process(workers, time.time() + 300)
+    clone = Path(trainer.cwd())
     os.kill(victim, signal.SIGKILL)
-    killed_at = time.time()
-    stage = f"train@{trainer.cmdline()[trainer.cmdline().index('train') + 1]}-0"
+    _, alive = psutil.wait_procs([trainer], timeout=10)
+    assert alive == [], "the killed worker's training process outlived it by 10 s"
+    last_epoch = json.loads((clone / HISTORY).read_text())["step"]  # step = epoch, from 1
+    assert last_epoch < LONG["train"]["epochs"], "the kill came after training had finished"
     out, _ = coordinator.communicate(timeout=600)
     assert coordinator.returncode == 0, out
-    _, gone = psutil.wait_procs([trainer], timeout=max(0.1, 10 - (time.time() - killed_at)))
-    assert gone == [], "the killed worker's training process outlived it"
-    outcome, worker = outcomes(out)[stage]
+    outcome, worker = outcomes(out)["train@linear-0"]
     assert outcome == "ran" and worker != workers[victim] and worker in workers.values()
-    remote = tmp_path / "remote"
-    assert corrupt(remote) == []
-    assert "up to date" in dvc(project, "status").stdout
+    assert corrupt(tmp_path / "remote") == []
+    assert "up to date" in dvc(root, "status").stdout
 
 
 def test_a_rerun_of_the_coordinator_restores_every_stage_and_recomputes_none(project, cluster):
