@@ -245,13 +245,21 @@ def test_a_worker_killed_mid_stage_has_its_task_rerun_on_the_other_and_pushes_no
     assert "up to date" in dvc(root, "status").stdout
 
 
-def test_a_rerun_of_the_coordinator_restores_every_stage_and_recomputes_none(project, cluster):
-    run_cluster(project, "--scheduler", cluster.address)
-    sh(project, "git", "checkout", "--", ".")  # as if killed before its last step: the tree clean again
+def test_a_coordinator_killed_and_rerun_restores_every_finished_stage_and_recomputes_none(project, cluster):
+    first = cluster_command(project, "--scheduler", cluster.address)
+    finished = []
+    for line in first.stdout:  # the coordinator prints each stage as it finishes
+        if m := re.match(r"\[cluster\] done \(\w+\) (\S+)", line):
+            finished.append(m[1])
+            if m[1].startswith("train@"):
+                break
+    first.kill()
+    first.wait()
+    assert finished and finished[-1].startswith("train@"), finished
     _, out = run_cluster(project, "--scheduler", cluster.address)
     rows = outcomes(out)
-    assert rows and all(outcome != "ran" for outcome, _ in rows.values()), rows
-    assert set(ran_stages(out)) <= {"report"}
+    assert {stage: rows[stage][0] for stage in finished} == {stage: "restored" for stage in finished}
+    assert set(ran_stages(out.split("[cluster]")[-1])) <= {"report"}
     assert "up to date" in dvc(project, "status").stdout
 
 
