@@ -256,7 +256,7 @@ def test_a_coordinator_killed_and_rerun_restores_every_finished_stage_and_recomp
     first.kill()
     first.wait()
     assert finished and finished[-1].startswith("train@"), finished
-    _, out = run_cluster(project, "--scheduler", cluster.address)
+    _, out = run_cluster(project, "--local", "2")  # another cluster: the run-cache is where they meet
     rows = outcomes(out)
     assert {stage: rows[stage][0] for stage in finished} == {stage: "restored" for stage in finished}
     assert set(ran_stages(out.split("[cluster]")[-1])) <= {"report"}
