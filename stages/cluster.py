@@ -91,7 +91,7 @@ class Task:
 # --- the coordinator's checks -------------------------------------------------------------
 
 def run(cmd: list[str], cwd: Path | str, env: dict | None = None, check: bool = True) -> str:
-    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
     if check and done.returncode != 0:
         raise StudyError(f"`{' '.join(cmd)}` failed in {cwd} ({done.returncode}): "
                          f"{(done.stderr or done.stdout).strip()[-2000:]}")
@@ -262,20 +262,20 @@ def reproduce(task: Task, *upstream: dict) -> dict:
     worker, start = get_worker(), time.perf_counter()
     scratch = scratch_dir(task)
     (scratch / "clones").mkdir(parents=True, exist_ok=True)
-    clone = scratch / "clones" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', task.stage)}-{uuid.uuid4().hex[:8]}"
+    clone = scratch / "clones" / f"{re.sub(r'[^A-Za-z0-9_-]', '_', task.stage)}-{uuid.uuid4().hex[:8]}"
+    log = clone.parent / f"{clone.name}.log"
     clone_commit(task, clone, scratch / "cache")
     env, cancel = task_env(task, clone, worker.name), Event(f"cancel-{task.run_id}")
     dvc = [sys.executable, "-m", "dvc"]
-    rc, output = run_in_group([*dvc, "repro", "--pull", task.stage], clone, env,
-                              clone.with_suffix(".log"), cancel.is_set)
+    rc, output = run_in_group([*dvc, "repro", "--pull", task.stage], clone, env, log, cancel.is_set)
     if rc != 0:
-        raise StudyError(f"`dvc repro --pull {task.stage}` failed on {worker.address} "
-                         f"(log: {clone.with_suffix('.log')}):\n{output[-3000:]}")
+        raise StudyError(f"`dvc repro --pull {task.stage}` failed on {worker.address} (log: {log}):\n"
+                         f"{output[-3000:]}")
     if others := [s for s in ran_stages(output) if s != task.stage]:
-        raise StudyError(f"stage {task.stage}: upstream stages were recomputed on {worker.address} instead of "
-                         f"restored from the run-cache: {', '.join(others)}")
+        raise StudyError(f"stage {task.stage}: upstream stages were recomputed on {worker.address} "
+                         f"instead of restored from the run-cache: {', '.join(others)}")
     rc, pushed = run_in_group([*dvc, "push", "--run-cache", task.stage], clone, env,
-                              clone.with_suffix(".push.log"), cancel.is_set)
+                              log.with_suffix(".push.log"), cancel.is_set)
     if rc != 0:
         raise StudyError(f"`dvc push --run-cache {task.stage}` failed on {worker.address}:\n{pushed[-2000:]}")
     shutil.rmtree(clone, ignore_errors=True)
@@ -293,7 +293,8 @@ def connect(scheduler: str | None, local: int, gpu: bool, timeout_s: float):
         try:
             return Client(scheduler, timeout=f"{timeout_s}s")
         except (OSError, TimeoutError) as e:
-            raise StudyError(f"no Dask scheduler answered at {scheduler} within {timeout_s:g} s: {e}") from None
+            raise StudyError(f"no Dask scheduler answered at {scheduler} within {timeout_s:g} s: "
+                             f"{e}") from None
     cluster = LocalCluster(n_workers=local, threads_per_worker=1, processes=True, dashboard_address=None,
                            resources={"GPU": 1} if gpu else None)
     return Client(cluster)
@@ -330,7 +331,8 @@ def watch(client, futures: dict) -> tuple[list[dict], dict[str, str]]:
                 failures[name] = str(future.exception()) if future.status == "error" else "cancelled"
             else:
                 continue
-            state = f"{len(results)} done, {len(failures)} failed, {len(futures) - len(results) - len(failures)} left"
+            left = len(futures) - len(results) - len(failures)
+            state = f"{len(results)} done, {len(failures)} failed, {left} left"
             verb = f"done ({results[-1]['outcome']})" if name not in failures else "FAILED"
             print(f"[cluster] {verb} {name} [{state}]", flush=True)
         time.sleep(POLL_S)
@@ -340,7 +342,8 @@ def watch(client, futures: dict) -> tuple[list[dict], dict[str, str]]:
 def table(results: list[dict]) -> str:
     width = max([len(r["stage"]) for r in results] + [5])
     rows = [f"{'stage':<{width}}  {'outcome':<9}  {'seconds':>7}  worker"]
-    rows += [f"{r['stage']:<{width}}  {r['outcome']:<9}  {r['seconds']:>7.1f}  {r['worker']}" for r in results]
+    rows += [f"{r['stage']:<{width}}  {r['outcome']:<9}  {r['seconds']:>7.1f}  {r['worker']}"
+             for r in results]
     return "\n".join(rows)
 
 
@@ -387,7 +390,8 @@ def command(pipeline: str = typer.Argument("dvc.yaml", help="the pipeline file, 
     client = connect(scheduler, local, gpu, connect_timeout)
     if frozen := sorted(n for n, s in stages.items() if s.frozen):  # workers pull what they never run
         run([sys.executable, "-m", "dvc", "push", "-r", remote, *frozen], root)
-    print(f"[cluster] {len(order)} stages of {pipeline} at {commit[:12]} on {client.scheduler.address}", flush=True)
+    print(f"[cluster] {len(order)} stages of {pipeline} at {commit[:12]} on {client.scheduler.address}",
+          flush=True)
     try:
         results, failures = watch(client, submit(client, order, task))
     except BaseException:
