@@ -55,7 +55,8 @@ class Cluster:
         self.address = json.loads(file.read_text())["address"]
 
     def start(self, cmd: list[str], log: Path) -> subprocess.Popen:
-        proc = subprocess.Popen(cmd, env=env_with_venv(), stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        with open(log, "w") as out:  # the child keeps its own descriptor
+            proc = subprocess.Popen(cmd, env=env_with_venv(), stdout=out, stderr=subprocess.STDOUT)
         self.procs.append(proc)
         return proc
 
@@ -119,10 +120,11 @@ def pushed_project(template: Path, tmp_path: Path) -> Path:
     return root
 
 
-def cluster_command(root: Path, *args: str, timeout: float = 600, env: dict | None = None) -> subprocess.Popen:
+def cluster_command(root: Path, *args: str) -> subprocess.Popen:
+    """`python -m stages.cluster` (what `vae-study cluster` will be) on the project at `root`."""
     return subprocess.Popen([sys.executable, "-m", "stages.cluster", "--root", str(root),
                              "--scratch", str(root.parent / "scratch"), *args],
-                            env={**env_with_venv(), **(env or {})}, stdout=subprocess.PIPE,
+                            env=env_with_venv(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
 
@@ -174,9 +176,9 @@ def corrupt(odb: Path) -> list[str]:
     bad = []
     for f in (odb / "files/md5").rglob("*"):
         oid = f.parent.name + f.name
-        if f.is_file() and re.fullmatch(r"[0-9a-f]{32}(\.dir)?", oid):
-            if hashlib.md5(f.read_bytes()).hexdigest() != oid.removesuffix(".dir"):
-                bad.append(oid)
+        named = f.is_file() and re.fullmatch(r"[0-9a-f]{32}(\.dir)?", oid)
+        if named and hashlib.md5(f.read_bytes()).hexdigest() != oid.removesuffix(".dir"):
+            bad.append(oid)
     return bad
 
 
@@ -301,3 +303,24 @@ def test_stages_the_run_cache_cannot_carry_are_refused_by_name(tmp_path):
     message = str(refused.value)
     assert "kept (persist: true)" in message and "always (always_changed)" in message
     assert "nodeps (no deps)" in message and "fine" not in message
+
+
+def test_gpu_stages_request_a_gpu_worker_and_wait_for_one(tmp_path):
+    """With --gpu, train and evaluate tasks carry the resource GPU=1: on a cluster without such a
+    worker they stay unassigned, while the others run (here they fail: no such commit)."""
+    from distributed import Client, LocalCluster
+
+    from stages.cluster import Stage, Task, submit
+
+    order = [Stage("validate", (), False, False, ""), Stage("train@linear-0", (), False, False, "")]
+    task = Task("", str(tmp_path / "none.git"), "0" * 40, "store", str(tmp_path), str(tmp_path), 1, True, "t")
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
+            Client(lc) as client:
+        futures = submit(client, order, task)
+        time.sleep(3)  # the scheduler has seen both; the validate task has failed
+        restrictions = client.run_on_scheduler(
+            lambda dask_scheduler: {k: ts.resource_restrictions for k, ts in dask_scheduler.tasks.items()})
+        assert restrictions[futures["train@linear-0"].key] == {"GPU": 1}
+        assert not restrictions[futures["validate"].key]
+        assert futures["validate"].status == "error" and futures["train@linear-0"].status == "pending"
+        client.cancel(list(futures.values()))
