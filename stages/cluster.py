@@ -333,8 +333,9 @@ def watch(client, futures: dict) -> tuple[list[dict], dict[str, str]]:
                 continue
             left = len(futures) - len(results) - len(failures)
             state = f"{len(results)} done, {len(failures)} failed, {left} left"
+            where = f" on {results[-1]['worker']}" if name not in failures else ""
             verb = f"done ({results[-1]['outcome']})" if name not in failures else "FAILED"
-            print(f"[cluster] {verb} {name} [{state}]", flush=True)
+            print(f"[cluster] {verb} {name}{where} [{state}]", flush=True)
         time.sleep(POLL_S)
     return results, failures
 
@@ -400,7 +401,10 @@ def command(pipeline: str = typer.Argument("dvc.yaml", help="the pipeline file, 
         Event(f"cancel-{task.run_id}", client=client).set()  # the running tasks kill their process groups
         raise
     finally:
+        cluster = client.cluster  # the LocalCluster of --local; None for --scheduler
         client.close()
+        if cluster is not None:
+            cluster.close()
     print(table(results), flush=True)
     if failures:
         raise StudyError("stages failed:\n" + "\n".join(f"  {n}: {e}" for n, e in sorted(failures.items())))
