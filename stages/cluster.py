@@ -317,11 +317,6 @@ def watch(client, futures: dict) -> tuple[list[dict], dict[str, str]]:
     results, failures, started = [], {}, {}
     keys = {f.key: name for name, f in futures.items()}
     while len(results) + len(failures) < len(futures):
-        for worker, running in client.processing().items():
-            for key in running:
-                if keys.get(key) and started.get(keys[key]) != worker:
-                    started[keys[key]] = worker
-                    print(f"[cluster] started  {keys[key]} on {worker}", flush=True)
         for name, future in futures.items():
             if name in failures or any(r["stage"] == name for r in results):
                 continue
@@ -331,11 +326,18 @@ def watch(client, futures: dict) -> tuple[list[dict], dict[str, str]]:
                 failures[name] = str(future.exception()) if future.status == "error" else "cancelled"
             else:
                 continue
-            left = len(futures) - len(results) - len(failures)
-            state = f"{len(results)} done, {len(failures)} failed, {left} left"
+            ended = {r["stage"] for r in results} | set(failures)
+            running = len(set(started) - ended)
+            left = len(futures) - len(ended) - running
+            state = f"{len(results)} done, {running} running, {len(failures)} failed, {left} waiting"
             where = f" on {results[-1]['worker']}" if name not in failures else ""
             verb = f"done ({results[-1]['outcome']})" if name not in failures else "FAILED"
             print(f"[cluster] {verb} {name}{where} [{state}]", flush=True)
+        for worker, running in client.processing().items():
+            for key in running:
+                if keys.get(key) and started.get(keys[key]) != worker:
+                    started[keys[key]] = worker
+                    print(f"[cluster] started  {keys[key]} on {worker}", flush=True)
         time.sleep(POLL_S)
     return results, failures
 

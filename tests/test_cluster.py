@@ -305,6 +305,35 @@ def test_stages_the_run_cache_cannot_carry_are_refused_by_name(tmp_path):
     assert "nodeps (no deps)" in message and "fine" not in message
 
 
+def small_dvc_project(root: Path, stages: dict) -> Path:
+    """A git + DVC project of shell stages (no training), committed."""
+    root.mkdir()
+    sh(root, "git", "init", "-q")
+    dvc(root, "init", "-q")
+    (root / "in.txt").write_text("x\n")
+    (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}))
+    sh(root, "git", "add", "-A")
+    sh(root, "git", "commit", "-q", "-m", "stages")
+    return root
+
+
+def test_a_failing_stage_fails_the_run_naming_it_and_pushes_nothing_of_it(cluster, tmp_path):
+    root = small_dvc_project(tmp_path / "p", {
+        "fine": {"cmd": "cp in.txt a.txt", "deps": ["in.txt"], "outs": ["a.txt"]},
+        "broken": {"cmd": "cp a.txt b.txt && echo the stage broke >&2 && false", "deps": ["a.txt"],
+                   "outs": ["b.txt"]},
+    })
+    dvc(root, "remote", "add", "--local", "-d", "store", str(tmp_path / "remote"))
+    code, out = run_cluster(root, "--scheduler", cluster.address, check=False)
+    assert code == 1 and "Traceback" not in out, out
+    assert "done (ran) fine" in out and "FAILED broken" in out
+    assert re.search(r"broken: `dvc repro --pull broken` failed .*the stage broke", out, re.DOTALL), out
+    pushed = {yaml.safe_load(f.read_text())["outs"][0]["path"] for f in (tmp_path / "remote/runs").rglob("*")
+              if f.is_file()} if (tmp_path / "remote/runs").exists() else set()
+    assert pushed == {"a.txt"}, "the run-cache holds the finished stage only"
+    assert not (root / "dvc.lock").exists(), "the workspace is left as it was"
+
+
 def test_gpu_stages_request_a_gpu_worker_and_wait_for_one(tmp_path):
     """With --gpu, train and evaluate tasks carry the resource GPU=1: on a cluster without such a
     worker they stay unassigned, while the others run (here they fail: no such commit)."""
