@@ -273,6 +273,14 @@ def test_a_dirty_tree_is_refused_naming_the_dirty_paths(project):
     assert "Traceback" not in out
 
 
+def test_a_commit_missing_from_the_git_url_is_refused_before_any_work(project):
+    (project / "notes.txt").write_text("committed, never pushed\n")
+    sh(project, "git", "add", "notes.txt")
+    sh(project, "git", "commit", "-q", "-m", "local only")
+    code, out = run_cluster(project, "--scheduler", "tcp://127.0.0.1:1", check=False)
+    assert code == 1 and "is not on" in out and "origin.git" in out and "git push" in out, out
+
+
 def test_an_unreachable_scheduler_is_refused_within_seconds_naming_it(project):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
