@@ -27,6 +27,7 @@ usage, the design and the pitfalls.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -36,7 +37,6 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -61,7 +61,7 @@ exit "$rc"
 """
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Stage:
     name: str  # DVC's addressing: `train@mlp-0`, `profiles/grid/dvc.yaml:train@...`
     upstream: tuple[str, ...]  # the stages whose outputs it reads directly
@@ -74,7 +74,7 @@ class Stage:
         return self.name.rpartition(":")[2].split("@", 1)[0]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Task:
     """What a worker needs to reproduce one stage of one commit."""
     stage: str
@@ -149,6 +149,8 @@ def plan(stages: dict[str, Stage]) -> list[Stage]:
     while len(order) < len(cluster):
         ready = sorted(n for n, s in cluster.items()
                        if n not in done and all(u in done or u not in cluster for u in s.upstream))
+        if not ready:  # DVC refuses cycles; this guards the loop
+            raise StudyError("the stage graph has a cycle among: " + ", ".join(sorted(set(cluster) - done)))
         order += [cluster[n] for n in ready]
         done.update(ready)
     return order
@@ -307,7 +309,7 @@ def submit(client, order: list[Stage], task: Task) -> dict:
         upstream = [futures[u] for u in stage.upstream if u in futures]
         gpu = task.gpu and stage.base in GPU_STAGES
         futures[stage.name] = client.submit(
-            reproduce, Task(**{**task.__dict__, "stage": stage.name, "gpu": gpu}), *upstream,
+            reproduce, dataclasses.replace(task, stage=stage.name, gpu=gpu), *upstream,
             key=f"{stage.name}-{uuid.uuid4().hex[:8]}", pure=False, resources={"GPU": 1} if gpu else None)
     return futures
 
