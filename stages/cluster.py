@@ -378,14 +378,16 @@ def command(pipeline: str = typer.Argument("dvc.yaml", help="the pipeline file, 
             git_url: str | None = typer.Option(None, "--git-url", help="where workers clone the commit from "
                                                "(default: origin, else this workspace)"),
             threads: int = typer.Option(1, "--threads", min=1, help="torch threads per task"),
-            gpu: bool = typer.Option(os.environ.get("VAE_STUDY_DEVICE", "").startswith("cuda"),
-                                     "--gpu/--no-gpu", help="train and evaluate tasks request GPU=1"),
+            gpu: bool | None = typer.Option(None, "--gpu/--no-gpu", help="train and evaluate tasks request "
+                                            "GPU=1 (default: when VAE_STUDY_DEVICE asks for cuda)"),
             connect_timeout: float = typer.Option(5.0, "--connect-timeout", min=0.1, help="seconds"),
             root: Path = typer.Option(Path("."), "--root", help="the project's workspace")) -> None:
     """Run the pipeline's stages on a Dask cluster; the workspace then restores them all."""
     if bool(scheduler) == bool(local):
         raise StudyError("give one of --scheduler tcp://host:port or --local N")
     refuse_dirty(root)
+    if gpu is None:
+        gpu = os.environ.get("VAE_STUDY_DEVICE", "").startswith("cuda")
     commit = run(["git", "rev-parse", "HEAD"], root).strip()
     stages = stage_graph(root, pipeline)
     order = plan(stages)
