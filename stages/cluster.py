@@ -366,6 +366,36 @@ def finish(root: Path, pipeline: str, in_git: set[str]) -> str:
     return out
 
 
+def distribute(client, root: Path, pipeline: str, remote: str | None, scratch: str, git_url: str | None,
+               threads: int, gpu: bool, local: int, connect_timeout: float):
+    """The checks, then the stages on the cluster (a LocalCluster of `local` workers when `client` is
+    None): -> (each finished stage's row, {failed stage: error}, the stage graph)."""
+    commit = run(["git", "rev-parse", "HEAD"], root).strip()
+    stages = stage_graph(root, pipeline)
+    order = plan(stages)
+    remote, url = remote_url(root, remote)
+    task = Task("", git_source(root, git_url, commit), commit, remote, url, scratch, threads, gpu,
+                uuid.uuid4().hex)
+    own = connect(None, local, gpu, connect_timeout) if client is None else None
+    client = client or own
+    try:
+        if frozen := sorted(n for n, s in stages.items() if s.frozen):  # workers pull what they never run
+            run([sys.executable, "-m", "dvc", "push", "-r", remote, *frozen], root)
+        print(f"[cluster] {len(order)} stages of {pipeline} at {commit[:12]} on {client.scheduler.address}",
+              flush=True)
+        try:
+            return (*watch(client, submit(client, order, task)), stages)
+        except BaseException:
+            from distributed import Event
+
+            Event(f"cancel-{task.run_id}", client=client).set()  # running tasks kill their process groups
+            raise
+    finally:
+        if own is not None:
+            own.close()
+            own.cluster.close()  # the LocalCluster of --local
+
+
 def command(pipeline: str = typer.Argument("dvc.yaml", help="the pipeline file, e.g. profiles/grid/dvc.yaml"),
             scheduler: str | None = typer.Option(None, "--scheduler", help="a running Dask scheduler, "
                                                  "tcp://host:8786"),
@@ -388,29 +418,13 @@ def command(pipeline: str = typer.Argument("dvc.yaml", help="the pipeline file, 
     refuse_dirty(root)
     if gpu is None:
         gpu = os.environ.get("VAE_STUDY_DEVICE", "").startswith("cuda")
-    commit = run(["git", "rev-parse", "HEAD"], root).strip()
-    stages = stage_graph(root, pipeline)
-    order = plan(stages)
-    remote, url = remote_url(root, remote)
-    task = Task("", git_source(root, git_url, commit), commit, remote, url, scratch, threads, gpu,
-                uuid.uuid4().hex)
-    client = connect(scheduler, local, gpu, connect_timeout)
-    if frozen := sorted(n for n, s in stages.items() if s.frozen):  # workers pull what they never run
-        run([sys.executable, "-m", "dvc", "push", "-r", remote, *frozen], root)
-    print(f"[cluster] {len(order)} stages of {pipeline} at {commit[:12]} on {client.scheduler.address}",
-          flush=True)
+    client = connect(scheduler, 0, gpu, connect_timeout) if scheduler else None  # a bad address fails fast
     try:
-        results, failures = watch(client, submit(client, order, task))
-    except BaseException:
-        from distributed import Event
-
-        Event(f"cancel-{task.run_id}", client=client).set()  # the running tasks kill their process groups
-        raise
+        results, failures, stages = distribute(client, root, pipeline, remote, scratch, git_url, threads, gpu,
+                                               local, connect_timeout)
     finally:
-        cluster = client.cluster  # the LocalCluster of --local; None for --scheduler
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        if client is not None:
+            client.close()
     print(table(results), flush=True)
     if failures:
         raise StudyError("stages failed:\n" + "\n".join(f"  {n}: {e}" for n, e in sorted(failures.items())))

@@ -280,7 +280,7 @@ def test_a_commit_missing_from_the_git_url_is_refused_before_any_work(project):
     (project / "notes.txt").write_text("committed, never pushed\n")
     sh(project, "git", "add", "notes.txt")
     sh(project, "git", "commit", "-q", "-m", "local only")
-    code, out = run_cluster(project, "--scheduler", "tcp://127.0.0.1:1", check=False)
+    code, out = run_cluster(project, "--local", "1", check=False)  # refused before the cluster starts
     assert code == 1 and "is not on" in out and "origin.git" in out and "git push" in out, out
 
 
