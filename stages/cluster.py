@@ -1,0 +1,439 @@
+"""A pipeline's stages on a Dask distributed cluster, meeting in DVC's remote and run-cache.
+
+DVC runs one stage at a time, and two DVC processes in one workspace collide on its lock: it has
+no parallel stage execution (treeverse/dvc#755). Its maintainers' advice (treeverse/dvc#4876) is
+one git clone per worker, the clones sharing a cache. This command does that with Dask:
+
+* the coordinator (this command, in the user's workspace) reads the stage graph from DVC and
+  refuses what a worker could not reproduce: a dirty git tree (workers see the commit, not the
+  working copy) and stages the run-cache cannot carry (no deps or no outs, `persist`,
+  `always_changed`). It submits one task per stage, its upstream stages' futures as arguments;
+* a task clones the commit into scratch, shares one DVC cache per machine and the project's
+  remote, and runs `dvc repro --pull <stage>` in its own process group: the upstream stages,
+  finished by other tasks, restore from the run-cache, and the task fails naming any upstream
+  stage that ran instead. Only then `dvc push --run-cache <stage>`: a worker killed mid-stage
+  pushes nothing, and the scheduler reruns its task elsewhere;
+* at the end `dvc repro --pull` in the workspace restores every stage from the run-cache; the
+  stages with git-tracked outputs (`cache: false`: the report), which DVC keeps out of the
+  run-cache, run there. Only the coordinator writes dvc.lock.
+
+A coordinator killed and rerun finds the finished stages in the run-cache and recomputes none.
+GPU stages (`--gpu`, default on when VAE_STUDY_DEVICE asks for cuda): train and evaluate tasks
+request the resource GPU=1, so start each worker with `--resources GPU=1` and its own
+CUDA_VISIBLE_DEVICES (a `--local` worker without one gets its ordinal). docs/cluster.md has the
+usage, the design and the pitfalls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import typer
+
+from stages.errors import StudyError
+
+GPU_STAGES = ("train", "evaluate")  # the stages that run torch on VAE_STUDY_DEVICE
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+POLL_S = 0.5
+# The task's process group: the command in the background, and a watcher that kills the whole
+# group (SIGKILL to pid 0) once the worker that started it is no longer this shell's parent: it
+# died, however (a SIGKILLed worker's children are re-parented at once, even while it is a zombie
+# that `kill -0` still finds; that test is the fallback where /proc is absent).
+GROUP_SCRIPT = """watched=$1; shift
+parent() { if [ -r /proc/$$/stat ]; then set -- $(cat /proc/$$/stat); echo "$4";
+           elif kill -0 "$watched" 2>/dev/null; then echo "$watched"; fi; }
+"$@" & job=$!
+(while [ "$(parent)" = "$watched" ]; do sleep 1; done; kill -KILL 0) & watcher=$!
+wait "$job"; rc=$?
+kill "$watcher" 2>/dev/null
+exit "$rc"
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    name: str  # DVC's addressing: `train@mlp-0`, `profiles/grid/dvc.yaml:train@...`
+    upstream: tuple[str, ...]  # the stages whose outputs it reads directly
+    frozen: bool
+    in_git: bool  # has outputs git tracks (cache: false): DVC keeps it out of the run-cache
+    refusal: str  # why the run-cache cannot carry it ("" when it can)
+
+    @property
+    def base(self) -> str:
+        return self.name.rpartition(":")[2].split("@", 1)[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """What a worker needs to reproduce one stage of one commit."""
+    stage: str
+    git_url: str
+    commit: str
+    remote: str
+    remote_url: str
+    scratch: str  # "" for the machine's default
+    threads: int
+    gpu: bool
+    run_id: str  # names the run's cancel Event
+
+
+# --- the coordinator's checks -------------------------------------------------------------
+
+def run(cmd: list[str], cwd: Path | str, env: dict | None = None, check: bool = True) -> str:
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if check and done.returncode != 0:
+        raise StudyError(f"`{' '.join(cmd)}` failed in {cwd} ({done.returncode}): "
+                         f"{(done.stderr or done.stdout).strip()[-2000:]}")
+    return done.stdout + done.stderr
+
+
+def dirty_paths(root: Path) -> list[str]:
+    """Changed, staged and untracked paths: what a clone of HEAD would not see."""
+    out = run(["git", "status", "--porcelain", "--untracked-files=all"], root)
+    return [line[3:] for line in out.splitlines() if line.strip()]
+
+
+def refuse_dirty(root: Path) -> None:
+    if paths := dirty_paths(root):
+        shown = ", ".join(paths[:10]) + (f" and {len(paths) - 10} more" if len(paths) > 10 else "")
+        raise StudyError(f"the git tree at {root} is dirty ({shown}): workers clone the commit, "
+                         "not the working copy; commit or stash these first")
+
+
+def refusal(stage) -> str:
+    """Why DVC's run-cache cannot carry this dvc.stage.Stage from a worker ("" if it can)."""
+    if stage.always_changed:
+        return "always_changed"
+    if not stage.deps or not stage.outs:
+        return "no deps" if not stage.deps else "no outs"
+    if any(out.persist for out in stage.outs):
+        return "persist: true"
+    return ""
+
+
+def stage_graph(root: Path, pipeline: str) -> dict[str, Stage]:
+    """The pipeline's stages and every stage upstream of them, from DVC's own graph."""
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(".") as repo:  # addressing relative to the project root
+        graph = repo.index.graph  # edges run from a stage to the stages it depends on
+        targets = repo.stage.collect(pipeline)
+        wanted = set(targets).union(*(nx.descendants(graph, s) for s in targets))
+        return {s.addressing: Stage(s.addressing, tuple(sorted(u.addressing for u in graph.successors(s))),
+                                    s.frozen, any(not o.use_cache and not (o.is_metric or o.is_plot)
+                                                  for o in s.outs), refusal(s))
+                for s in wanted}
+
+
+def plan(stages: dict[str, Stage]) -> list[Stage]:
+    """The stages the cluster runs, upstream first; refuses those it cannot carry."""
+    cluster = {n: s for n, s in stages.items() if not s.frozen and not s.in_git}
+    if bad := sorted(f"{n} ({s.refusal})" for n, s in cluster.items() if s.refusal):
+        raise StudyError("the run-cache cannot carry these stages from a worker: " + ", ".join(bad))
+    if bad := sorted(n for n, s in cluster.items() if any(stages[u].in_git for u in s.upstream)):
+        raise StudyError("these stages read outputs that git tracks (cache: false), which only the "
+                         "coordinator writes: " + ", ".join(bad))
+    order, done = [], set()
+    while len(order) < len(cluster):
+        ready = sorted(n for n, s in cluster.items()
+                       if n not in done and all(u in done or u not in cluster for u in s.upstream))
+        if not ready:  # DVC refuses cycles; this guards the loop
+            raise StudyError("the stage graph has a cycle among: " + ", ".join(sorted(set(cluster) - done)))
+        order += [cluster[n] for n in ready]
+        done.update(ready)
+    return order
+
+
+def remote_url(root: Path, name: str | None) -> tuple[str, str]:
+    """(name, url) of the DVC remote; it must be the workspace's default (the final `dvc repro
+    --pull` pulls from that one)."""
+    from dvc.repo import Repo
+
+    with contextlib.chdir(root), Repo(".") as repo:
+        default, remotes = repo.config["core"].get("remote"), repo.config["remote"]
+    name = name or default
+    if not name:
+        raise StudyError("no DVC remote: add one (`dvc remote add -d NAME URL`) that every worker reaches")
+    if name not in remotes:
+        raise StudyError(f"no DVC remote named {name!r} (have: {', '.join(remotes) or 'none'})")
+    if name != default:
+        raise StudyError(f"--remote {name} is not this workspace's default remote ({default}); the final "
+                         f"`dvc repro --pull` pulls from the default: `dvc remote default --local {name}`")
+    return name, str(remotes[name]["url"])
+
+
+def git_source(root: Path, git_url: str | None, commit: str) -> str:
+    """Where workers clone from: --git-url, else origin, else the workspace itself (one machine)."""
+    origin = subprocess.run(["git", "remote", "get-url", "origin"], cwd=root, capture_output=True, text=True)
+    url = git_url or (origin.stdout.strip() if origin.returncode == 0 else "")
+    if not url:
+        return str(root.resolve())
+    refs = [line.split()[0] for line in run(["git", "ls-remote", url], root).splitlines() if line.strip()]
+    on_it = commit in refs or any(
+        subprocess.run(["git", "merge-base", "--is-ancestor", commit, ref], cwd=root,
+                       capture_output=True).returncode == 0 for ref in refs)
+    if not on_it:
+        raise StudyError(f"commit {commit[:12]} is not on {url}, where workers clone from: git push it")
+    return url
+
+
+# --- one task on a worker ------------------------------------------------------------------
+
+def ran_stages(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+def outcome(output: str, stage: str) -> str:
+    """What DVC did with the stage: ran it, restored it from the run-cache, pulled or kept it."""
+    quoted = re.escape(stage)
+    if f"Running stage '{stage}'" in output:
+        return "ran"
+    if re.search(rf"Stage '{quoted}' is cached", output):
+        return "restored"
+    if re.search(rf"Pulling data for .*'{quoted}'", output):
+        return "pulled"
+    return "unchanged"
+
+
+def scratch_dir(task: Task) -> Path:
+    return Path(task.scratch or Path(tempfile.gettempdir()) / f"vae-study-cluster-{os.getuid()}")
+
+
+def task_env(task: Task, clone: Path, worker_name) -> dict[str, str]:
+    """The clone's code first on the path, this interpreter's tools on PATH, torch's threads capped."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+           "PYTHONPATH": str(clone), "PYTHONUNBUFFERED": "1", "DVC_NO_ANALYTICS": "1",
+           **{v: str(task.threads) for v in THREAD_VARIABLES}}
+    if task.gpu and "CUDA_VISIBLE_DEVICES" not in os.environ and isinstance(worker_name, int):
+        env["CUDA_VISIBLE_DEVICES"] = str(worker_name)  # a LocalCluster worker: its ordinal
+    return env
+
+
+def run_in_group(cmd: list[str], cwd: Path, env: dict, log: Path, cancelled) -> tuple[int, str]:
+    """Run cmd in a new process group, its output to `log`; the group is killed when the worker
+    dies (GROUP_SCRIPT), when `cancelled()` turns true, or when this thread is interrupted."""
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["sh", "-c", GROUP_SCRIPT, "sh", str(os.getpid()), *cmd], cwd=cwd, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        try:
+            while proc.poll() is None:
+                if cancelled():
+                    raise StudyError(f"cancelled: {' '.join(cmd)}")
+                time.sleep(POLL_S)
+        except BaseException:
+            kill_group(proc.pid)
+            proc.wait()
+            raise
+    return proc.returncode, log.read_text()
+
+
+def kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def clone_commit(task: Task, clone: Path, cache: Path) -> None:
+    """A clone of the commit, sharing the machine's DVC cache and pointed at the project's remote."""
+    run(["git", "clone", "--quiet", "--no-checkout", task.git_url, str(clone)], clone.parent)
+    run(["git", "checkout", "--quiet", "--detach", task.commit], clone)
+    dvc = [sys.executable, "-m", "dvc"]
+    run([*dvc, "cache", "dir", "--local", str(cache)], clone)
+    run([*dvc, "remote", "add", "--local", "--force", "--default", task.remote, task.remote_url], clone)
+
+
+def reproduce(task: Task, *upstream: dict) -> dict:
+    """The Dask task: reproduce one stage in a scratch clone and push it to the run-cache."""
+    from distributed import Event, get_worker
+
+    worker, start = get_worker(), time.perf_counter()
+    scratch = scratch_dir(task)
+    (scratch / "clones").mkdir(parents=True, exist_ok=True)
+    clone = scratch / "clones" / f"{re.sub(r'[^A-Za-z0-9_-]', '_', task.stage)}-{uuid.uuid4().hex[:8]}"
+    log = clone.parent / f"{clone.name}.log"
+    clone_commit(task, clone, scratch / "cache")
+    env, cancel = task_env(task, clone, worker.name), Event(f"cancel-{task.run_id}")
+    dvc = [sys.executable, "-m", "dvc"]
+    rc, output = run_in_group([*dvc, "repro", "--pull", task.stage], clone, env, log, cancel.is_set)
+    if rc != 0:
+        raise StudyError(f"`dvc repro --pull {task.stage}` failed on {worker.address} (log: {log}):\n"
+                         f"{output[-3000:]}")
+    if others := [s for s in ran_stages(output) if s != task.stage]:
+        raise StudyError(f"stage {task.stage}: upstream stages were recomputed on {worker.address} "
+                         f"instead of restored from the run-cache: {', '.join(others)}")
+    rc, pushed = run_in_group([*dvc, "push", "--run-cache", task.stage], clone, env,
+                              log.with_suffix(".push.log"), cancel.is_set)
+    if rc != 0:
+        raise StudyError(f"`dvc push --run-cache {task.stage}` failed on {worker.address}:\n{pushed[-2000:]}")
+    shutil.rmtree(clone, ignore_errors=True)
+    return {"stage": task.stage, "outcome": outcome(output, task.stage), "worker": worker.address,
+            "seconds": round(time.perf_counter() - start, 1)}
+
+
+# --- the coordinator -----------------------------------------------------------------------
+
+def connect(scheduler: str | None, local: int, gpu: bool, timeout_s: float):
+    """A distributed Client: to the scheduler at `scheduler`, or to a new LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            return Client(scheduler, timeout=f"{timeout_s}s")
+        except (OSError, TimeoutError) as e:
+            raise StudyError(f"no Dask scheduler answered at {scheduler} within {timeout_s:g} s: "
+                             f"{e}") from None
+    cluster = LocalCluster(n_workers=local, threads_per_worker=1, processes=True, dashboard_address=None,
+                           resources={"GPU": 1} if gpu else None)
+    return Client(cluster)
+
+
+def submit(client, order: list[Stage], task: Task) -> dict:
+    """One future per stage, its upstream stages' futures as arguments (the DAG's edges)."""
+    futures = {}
+    for stage in order:
+        upstream = [futures[u] for u in stage.upstream if u in futures]
+        gpu = task.gpu and stage.base in GPU_STAGES
+        futures[stage.name] = client.submit(
+            reproduce, dataclasses.replace(task, stage=stage.name, gpu=gpu), *upstream,
+            key=f"{stage.name}-{uuid.uuid4().hex[:8]}", pure=False, resources={"GPU": 1} if gpu else None)
+    return futures
+
+
+def watch(client, futures: dict) -> tuple[list[dict], dict[str, str]]:
+    """Wait for every future, printing each start, finish and failure as it happens."""
+    results, failures, started = [], {}, {}
+    keys = {f.key: name for name, f in futures.items()}
+    while len(results) + len(failures) < len(futures):
+        for name, future in futures.items():
+            if name in failures or any(r["stage"] == name for r in results):
+                continue
+            if future.status == "finished":
+                results.append(future.result())
+            elif future.status in ("error", "cancelled"):
+                failures[name] = str(future.exception()) if future.status == "error" else "cancelled"
+            else:
+                continue
+            ended = {r["stage"] for r in results} | set(failures)
+            running = len(set(started) - ended)
+            left = len(futures) - len(ended) - running
+            state = f"{len(results)} done, {running} running, {len(failures)} failed, {left} waiting"
+            where = f" on {results[-1]['worker']}" if name not in failures else ""
+            verb = f"done ({results[-1]['outcome']})" if name not in failures else "FAILED"
+            print(f"[cluster] {verb} {name}{where} [{state}]", flush=True)
+        for worker, running in client.processing().items():
+            for key in running:
+                if keys.get(key) and started.get(keys[key]) != worker:
+                    started[keys[key]] = worker
+                    print(f"[cluster] started  {keys[key]} on {worker}", flush=True)
+        time.sleep(POLL_S)
+    return results, failures
+
+
+def table(results: list[dict]) -> str:
+    width = max([len(r["stage"]) for r in results] + [5])
+    rows = [f"{'stage':<{width}}  {'outcome':<9}  {'seconds':>7}  worker"]
+    rows += [f"{r['stage']:<{width}}  {r['outcome']:<9}  {r['seconds']:>7.1f}  {r['worker']}"
+             for r in results]
+    return "\n".join(rows)
+
+
+def finish(root: Path, pipeline: str, in_git: set[str]) -> str:
+    """`dvc repro --pull` in the workspace: everything restores but the git-tracked outputs'
+    stages; then `dvc status` must be clean."""
+    out = run([sys.executable, "-m", "dvc", "repro", "--pull", pipeline], root)
+    print(out, end="", flush=True)
+    if recomputed := sorted(set(ran_stages(out)) - in_git):
+        raise StudyError("the run-cache did not carry these stages to the workspace, which recomputed "
+                         "them: " + ", ".join(recomputed))
+    status = run([sys.executable, "-m", "dvc", "status", pipeline], root)
+    if "up to date" not in status:
+        raise StudyError(f"`dvc status {pipeline}` is not clean after the run:\n{status}")
+    return out
+
+
+def distribute(client, root: Path, pipeline: str, remote: str | None, scratch: str, git_url: str | None,
+               threads: int, gpu: bool, local: int, connect_timeout: float):
+    """The checks, then the stages on the cluster (a LocalCluster of `local` workers when `client` is
+    None): -> (each finished stage's row, {failed stage: error}, the stage graph)."""
+    commit = run(["git", "rev-parse", "HEAD"], root).strip()
+    stages = stage_graph(root, pipeline)
+    order = plan(stages)
+    remote, url = remote_url(root, remote)
+    task = Task("", git_source(root, git_url, commit), commit, remote, url, scratch, threads, gpu,
+                uuid.uuid4().hex)
+    own = connect(None, local, gpu, connect_timeout) if client is None else None
+    client = client or own
+    try:
+        if frozen := sorted(n for n, s in stages.items() if s.frozen):  # workers pull what they never run
+            run([sys.executable, "-m", "dvc", "push", "-r", remote, *frozen], root)
+        print(f"[cluster] {len(order)} stages of {pipeline} at {commit[:12]} on {client.scheduler.address}",
+              flush=True)
+        try:
+            return (*watch(client, submit(client, order, task)), stages)
+        except BaseException:
+            from distributed import Event
+
+            Event(f"cancel-{task.run_id}", client=client).set()  # running tasks kill their process groups
+            raise
+    finally:
+        if own is not None:
+            own.close()
+            own.cluster.close()  # the LocalCluster of --local
+
+
+def command(pipeline: str = typer.Argument("dvc.yaml", help="the pipeline file, e.g. profiles/grid/dvc.yaml"),
+            scheduler: str | None = typer.Option(None, "--scheduler", help="a running Dask scheduler, "
+                                                 "tcp://host:8786"),
+            local: int = typer.Option(0, "--local", min=0, help="else start a LocalCluster of N "
+                                      "single-threaded worker processes"),
+            remote: str | None = typer.Option(None, "--remote", help="the DVC remote where the outputs "
+                                              "meet (default: the workspace's default remote)"),
+            scratch: str = typer.Option("", "--scratch", help="the workers' folder for clones and the shared "
+                                        "DVC cache (default: <tmp>/vae-study-cluster-<uid> on each machine)"),
+            git_url: str | None = typer.Option(None, "--git-url", help="where workers clone the commit from "
+                                               "(default: origin, else this workspace)"),
+            threads: int = typer.Option(1, "--threads", min=1, help="torch threads per task"),
+            gpu: bool | None = typer.Option(None, "--gpu/--no-gpu", help="train and evaluate tasks request "
+                                            "GPU=1 (default: when VAE_STUDY_DEVICE asks for cuda)"),
+            connect_timeout: float = typer.Option(5.0, "--connect-timeout", min=0.1, help="seconds"),
+            root: Path = typer.Option(Path("."), "--root", help="the project's workspace")) -> None:
+    """Run the pipeline's stages on a Dask cluster; the workspace then restores them all."""
+    if bool(scheduler) == bool(local):
+        raise StudyError("give one of --scheduler tcp://host:port or --local N")
+    refuse_dirty(root)
+    if gpu is None:
+        gpu = os.environ.get("VAE_STUDY_DEVICE", "").startswith("cuda")
+    client = connect(scheduler, 0, gpu, connect_timeout) if scheduler else None  # a bad address fails fast
+    try:
+        results, failures, stages = distribute(client, root, pipeline, remote, scratch, git_url, threads, gpu,
+                                               local, connect_timeout)
+    finally:
+        if client is not None:
+            client.close()
+    print(table(results), flush=True)
+    if failures:
+        raise StudyError("stages failed:\n" + "\n".join(f"  {n}: {e}" for n, e in sorted(failures.items())))
+    finish(root, pipeline, {n for n, s in stages.items() if s.in_git})
+
+
+if __name__ == "__main__":
+    try:
+        typer.run(command)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
