@@ -42,3 +42,13 @@ def test_the_cross_study_table_reads_each_studys_top_rungs(tmp_path):
     table = answer.cross_study_table(tmp_path)
     assert "| default (5 epochs) | `c` | 3 | 2.19 [0.75, 3.63] | 87.00 [85.76, 88.24] | n/a |" in table
     assert "`b`" in table and "`a`" not in table and "c_alone" not in table
+
+
+def test_every_sentence_of_the_committed_reports_is_short_enough_to_read():
+    """No finding over 60 words (a list of more numbers belongs in a table), nor any sentence of
+    the answer."""
+    found = json.loads((REPO / "reports/claims.json").read_text())
+    long = {name: len(claim["text"].split()) for name, claim in found.items()
+            if name != "abstract" and len(claim["text"].split()) > 60}
+    assert long == {}
+    assert all(len(s.split()) <= 60 for s in found["abstract"]["sentences"])

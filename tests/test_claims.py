@@ -62,7 +62,7 @@ def test_a_plateau_is_named_only_where_the_last_step_is_within_its_interval():
     top_flat = table([30.0, 25.0, 9.0, 2.0, 2.1], std=[0.1, 0.1, 0.1, 0.5, 0.5])
     c = claims.power_trend(top_flat, per_seed(top_flat))
     assert c.numbers["plateau_at_top"] and "KL plateaus at the top" in c.text
-    assert "is flat (the interval contains 0) at `r3` -> `r4`" in c.text
+    assert "it is flat at `r3` -> `r4`" in c.text
     rising = table([1.0, 2.0, 3.0, 4.0, 5.0])
     c = claims.power_trend(rising, per_seed(rising))
     assert c.numbers["step_words"] == ["rises"] * 3 and "falls" not in c.text
@@ -153,7 +153,7 @@ def test_rungs_within_seed_spread_that_swap_are_ties_not_instability():
     noisy.loc[noisy["rung"].isin(["r2", "r3"]), "valid_kl_nats"] += noisy["seed"] * 0.5  # wide seeds
     c = claims.training_order(results, noisy)
     assert c.numbers["stable_over_last_epochs"] is True and c.numbers["ties"] == [("r2", "r3")]
-    assert "`r2`/`r3` stay within seed spread" in c.text and "NOT" not in c.text
+    assert "`r2`/`r3` swap within their intervals, a tie" in c.text and "NOT" not in c.text
 
 
 def test_training_order_uses_only_the_epochs_every_run_reached():
@@ -263,7 +263,8 @@ def test_the_collapse_optimum_groups_rungs_by_their_paired_interval_and_reads_th
     assert tied.numbers["unresolved"] == ["r5"] and tied.numbers["top_seeds_to_resolve"] == 7
     assert "(about 7 seeds would resolve it at this spread)" in tied.text
     collapsed = claims_of_z(table([20.0, 25.0, 9.0, 0.2], std=[0.2, 0.2, 0.2, 0.1]), [3.0, 3.0, 1.0, -1.0])
-    assert "keeps 0.20 [-0.05, 0.45] nats of KL (collapsed against 1 nat)" in collapsed.text
+    assert collapsed.numbers["top_verdict"] == claims.COLLAPSED  # KL 0.20 [-0.05, 0.45] against 1 nat
+    assert collapsed.numbers["top_kl"]["hi"] == pytest.approx(0.2 + 4.303 * 0.1 / 3**0.5, abs=1e-3)
 
 
 def claims_of_z(results: pd.DataFrame, gaps: list[float]) -> claims.Claim:

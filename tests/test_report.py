@@ -304,7 +304,7 @@ def test_several_seeds_give_mean_and_std(tmp_path):
     assert table.loc["conv", "nll_iw_nats_std"] == pytest.approx(math.sqrt(2), abs=1e-5)
     assert (table["n_seeds"] == 2).all() and (table["seeds"] == "0;1").all()
     trend = claims_of(layout)["power_trend"]
-    assert "Each step's 95 % interval is in the table of steps" in trend["text"] and len(trend["numbers"]["steps"]) == 2
+    assert "(95 % intervals: the table of steps.)" in trend["text"] and len(trend["numbers"]["steps"]) == 2
 
 
 @pytest.mark.parametrize("victim", ["metrics", "images", "history", "summary", "reference"])

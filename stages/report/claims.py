@@ -133,14 +133,13 @@ def power_trend(results: pd.DataFrame, per_seed: pd.DataFrame) -> Claim | None:
     ties = [list(g["rung"]) for _, g in trend.groupby("receptive_field") if len(g) > 1]
     by_word = {w: [f"{_group(x['from'])} -> {_group(x['to'])}" for x in walk if x["word"] == w]
                for w in ("falls", "flat", "rises", "undecided")}
-    said = {"falls": "falls at", "flat": "is flat (the interval contains 0) at", "rises": "rises at",
+    said = {"falls": "falls at", "flat": "is flat at", "rises": "rises at",
             "undecided": "is undecided (one seed) at"}
-    text = (f"KL along the power axis ({len(trend)} trend rungs by receptive field): Spearman's rho "
+    text = (f"KL along the receptive field: Spearman's rho "
             + ("undefined" if pd.isna(rho) else f"{rho:.2f}, exact p = {p:.3f}") + f" (n = {len(trend)}). "
             + "It " + "; it ".join(f"{said[w]} {', '.join(v)}" for w, v in by_word.items() if v)
             + (f"; {', '.join(_group(t) for t in ties)} share a receptive field: a tie, not an order" if ties else "")
-            + "." + (" KL plateaus at the top." if top_flat else "")
-            + " Each step's 95 % interval is in the table of steps.")
+            + "." + (" KL plateaus at the top." if top_flat else "") + " (95 % intervals: the table of steps.)")
     return Claim("power_trend", text, {
         "spearman_rho": rho, "spearman_p": p, "n_rungs": len(trend), "step_words": words,
         "steps": [{**{k: v for k, v in w.items() if k != "change"},
@@ -264,16 +263,13 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
     rho_values = [v for v in rhos.values() if not pd.isna(v)]
     rho_range = (f"between {min(rho_values):.2f} and {max(rho_values):.2f}, {rhos[epochs[-1]]:.2f} at the "
                  "last" if rho_values else "undefined")
-    text = (f"Training length: over epochs {epochs[0]}-{epochs[-1]} (validation KL, mean over "
-            f"seeds{reach}), Spearman's rho between receptive field and KL per epoch is {rho_range}, "
-            f"and the ordering of the mean KL changes {changes} time(s). ")
+    text = (f"Training length: over epochs {epochs[0]}-{epochs[-1]}{reach}, rho between receptive field "
+            f"and mean validation KL is {rho_range}; the order of the rungs changes {changes} time(s). ")
     if len(last) < 2:
         text += f"The schedule is too short to test stability ({len(last)} epoch)."
     elif stable:
-        text += (f"Over the last {len(last)} epochs ({span}) no two rungs whose KL differ at 95 % "
-                 "trade places: the ordering is stable"
-                 + (f"; {pairs(ties)} stay within seed spread of each other and swap places "
-                    "without a clear difference." if ties else "."))
+        text += (f"Over {span} no two rungs whose KL differ at 95 % trade places: the order is stable"
+                 + (f"; {pairs(ties)} swap within their intervals, a tie." if ties else "."))
     else:
         text += (f"Over the last {len(last)} epochs ({span}) the ordering is NOT stable: "
                  f"{pairs(reversed_pairs)} trade places after differing at 95 %; "
@@ -432,19 +428,21 @@ def probe(results: pd.DataFrame) -> Claim | None:
     with_z = results[results["role"] != NO_Z].sort_values("power")
     if with_z.empty:
         return None
-    listed = ", ".join(f"`{r.rung}` {pm(100 * r.probe_accuracy, 100 * r.probe_accuracy_std, 1)}%"
-                       for r in with_z.itertuples())
+    best, worst = with_z.loc[with_z["probe_accuracy"].idxmax()], with_z.loc[with_z["probe_accuracy"].idxmin()]
+
+    def acc(r) -> str:
+        return f"`{r['rung']}` {pm(100 * r['probe_accuracy'], 100 * r['probe_accuracy_std'], 1)}%"
+
     floor = results[results["role"] == NO_Z]
-    floor_text = ("; the decoder alone's z (trained, but unused by its decoder) gives "
-                  + ", ".join(f"{pm(100 * r.probe_accuracy, 100 * r.probe_accuracy_std, 1)}% "
-                              f"(`{r.rung}`)" for r in floor.itertuples()) + ", the floor"
-                  if len(floor) else "")
+    floor_mean = float(floor["probe_accuracy"].mean()) if len(floor) else math.nan
     below = len(floor) and float(floor["probe_accuracy"].max()) < CHANCE
-    text = (f"A linear probe on sampled z ~ q(z|x) reads the digit with {listed}{floor_text}; "
-            f"chance is {CHANCE:.0%}"
-            + (f" (the floor is below it by sampling error only: on {int(results['n_test'].min()):,} test "
-               f"images chance has a standard error of "
-               f"{100 * math.sqrt(CHANCE * (1 - CHANCE) / results['n_test'].min()):.1f} points)." if below else "."))
+    n_test = int(results["n_test"].min()) if "n_test" in results else 0
+    text = (f"A linear probe on sampled z ~ q(z|x) reads the digit best at {acc(best)} and worst at "
+            f"{acc(worst)} (every rung: the results table)"
+            + (f"; on the decoders alone's z, which their decoders ignore, {100 * floor_mean:.1f}%, the floor"
+               if len(floor) else "") + f"; chance is {CHANCE:.0%}"
+            + (f", above the floor by sampling error only (its standard error on {n_test:,} test images: "
+               f"{100 * math.sqrt(CHANCE * (1 - CHANCE) / n_test):.1f} points)." if below and n_test else "."))
     return Claim("probe", text, {r.rung: r.probe_accuracy for r in results.itertuples()})
 
 

@@ -176,13 +176,9 @@ def collapse_optimum(z_adds: pd.DataFrame, results: pd.DataFrame, threshold: flo
         (BETTER, "collapse (q = prior, the decoder alone) is the better ELBO"),
         (WORSE, "the VAE's ELBO is better"), (TIE, "it is unresolved")) if groups[word]]
     need = elbo_gap.seeds_to_resolve(0.0) if top.collapse == TIE else None
-    text = ("Is collapse the ELBO's optimum? Paired per image and seed, 95 % interval over seed pairs: "
-            + "; ".join(parts) + f". At the strongest rung `{top.rung}` (receptive field "
-            f"{int(top.receptive_field)} pixels) z adds {gain.text()} nats by IW and "
-            f"{elbo_gap.text()} by the ELBO"
-            + (f" ({stats.seed_word(need)})" if top.collapse == TIE else "")
-            + f", and the VAE keeps {kl.text()} nats of KL ({top.verdict} against {threshold:g} nat"
-            + ("s" if threshold != 1 else "") + ").")
+    text = ("Against the decoder alone (paired 95 % intervals): " + "; ".join(parts)
+            + f". At the top, `{top.rung}`, z adds {gain.text()} nats by IW and {elbo_gap.text()} by the ELBO"
+            + (f" ({stats.seed_word(need)})" if top.collapse == TIE else "") + ".")
     return Claim("collapse_optimum", text, {
         "better": groups[BETTER], "worse": groups[WORSE], "unresolved": groups[TIE],
         "first_rung": groups[BETTER][0] if groups[BETTER] else None, "top_rung": top.rung,
