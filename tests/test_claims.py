@@ -268,7 +268,7 @@ def test_the_collapse_optimum_groups_rungs_by_their_paired_interval_and_reads_th
 
 
 def claims_of_z(results: pd.DataFrame, gaps: list[float]) -> claims.Claim:
-    return zadds.collapse_optimum(z_table(results, gaps), results, 1.0)
+    return zadds.collapse_optimum(z_table(results, gaps), results)
 
 
 def test_what_z_adds_lists_every_trend_rung_and_side_rungs_never():
@@ -283,7 +283,7 @@ def test_the_answer_says_where_kl_falls_whether_it_plateaus_and_what_the_top_kee
     results = table([20.0, 25.0, 9.0, 2.2, 1.9], std=[0.3, 0.9, 0.5, 0.6, 0.2])
     found = [claims.power_trend(results, per_seed(results)),
              claims_of_z(results, [30.0, 40.0, 5.0, 0.5, -0.5])]
-    found[1] = zadds.collapse_optimum(z_table(results, [30.0, 40.0, 5.0, 0.5, -0.5], std=1.2), results, 1.0)
+    found[1] = zadds.collapse_optimum(z_table(results, [30.0, 40.0, 5.0, 0.5, -0.5], std=1.2), results)
     answer = abstract.abstract(found, results, 1.0)
     assert answer[0].startswith("KL falls from 20.0-25.0 nats on `r0` and `r1` to 2.20 [")
     assert "then stays flat up to `r4` (1.90 [1.40, 2.40] nats): a plateau at the top" in answer[0]

@@ -66,7 +66,7 @@ def study_claims(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
         label = baseline_label(data.baseline_path, data.baseline)
         versus = claims.versus_baseline(results, data.baseline, threshold, label)
         top = zadds.top_with_training(results, data.baseline, label)
-    z_claims = (zadds.collapse_optimum(z_adds, results, threshold), zadds.what_z_adds(z_adds, results))
+    z_claims = (zadds.collapse_optimum(z_adds, results), zadds.what_z_adds(z_adds, results))
     found = claims.all_claims(results, per_seed, history, k_curves, threshold,
                               claims.convergence(training_runs(data), results, t.patience,
                                                  t.min_delta_nats, t.epochs), versus, top, z_claims)

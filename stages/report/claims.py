@@ -135,7 +135,7 @@ def power_trend(results: pd.DataFrame, per_seed: pd.DataFrame) -> Claim | None:
                for w in ("falls", "flat", "rises", "undecided")}
     said = {"falls": "falls at", "flat": "is flat at", "rises": "rises at",
             "undecided": "is undecided (one seed) at"}
-    text = (f"KL along the receptive field: Spearman's rho "
+    text = ("KL along the receptive field: Spearman's rho "
             + ("undefined" if pd.isna(rho) else f"{rho:.2f}, exact p = {p:.3f}") + f" (n = {len(trend)}). "
             + "It " + "; it ".join(f"{said[w]} {', '.join(v)}" for w, v in by_word.items() if v)
             + (f"; {', '.join(_group(t) for t in ties)} share a receptive field: a tie, not an order" if ties else "")

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from stages.report import claims, stats
-from stages.report.claims import Claim, pm
+from stages.report.claims import Claim
 from stages.errors import DataError
 from stages.schema import to_plain
 
@@ -161,7 +161,7 @@ def strength_claim(z_adds: pd.DataFrame, results: pd.DataFrame) -> Claim | None:
                                           "strongest_alone": strongest.rung})
 
 
-def collapse_optimum(z_adds: pd.DataFrame, results: pd.DataFrame, threshold: float) -> Claim | None:
+def collapse_optimum(z_adds: pd.DataFrame, results: pd.DataFrame) -> Claim | None:
     """Where along the power axis ignoring z is the better ELBO (decided at 95 %), where the VAE's
     ELBO is, and where it is unresolved; the KL and what z adds at the strongest rung."""
     t = _trend(z_adds, results)
