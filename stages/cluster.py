@@ -86,6 +86,7 @@ class Task:
     threads: int
     gpu: bool
     run_id: str  # names the run's cancel Event
+    frozen: tuple[str, ...]  # the pipeline's frozen stages, whose lock entries workers keep
 
 
 # --- the coordinator's checks -------------------------------------------------------------
@@ -222,7 +223,32 @@ def task_env(task: Task, clone: Path, worker_name) -> dict[str, str]:
     return env
 
 
-def run_in_group(cmd: list[str], cwd: Path, env: dict, log: Path, cancelled) -> tuple[int, str]:
+class StageClock:
+    """When DVC starts and ends the stage's own command, read from the log as DVC writes it (to
+    POLL_S): the rest of a task's time (clone, pulls, DVC's start-up, push) is the cluster's."""
+
+    def __init__(self, log: Path, stage: str):
+        self.log, self.marker, self.text = log, f"Running stage '{stage}'", ""
+        self.started: float | None = None
+        self.ended: float | None = None
+
+    def __call__(self) -> None:
+        if self.ended is not None or not self.log.exists():
+            return
+        self.text = self.log.read_text(errors="replace")
+        now = time.perf_counter()
+        if self.started is None and self.marker in self.text:
+            self.started = now
+        if self.started is not None and "lock file" in self.text.partition(self.marker)[2]:
+            self.ended = now  # DVC records the stage in dvc.lock once its command has exited
+
+    @property
+    def seconds(self) -> float:
+        return 0.0 if self.started is None else (self.ended or time.perf_counter()) - self.started
+
+
+def run_in_group(cmd: list[str], cwd: Path, env: dict, log: Path, cancelled,
+                 on_poll=lambda: None) -> tuple[int, str]:
     """Run cmd in a new process group, its output to `log`; the group is killed when the worker
     dies (GROUP_SCRIPT), when `cancelled()` turns true, or when this thread is interrupted."""
     with open(log, "w") as out:
@@ -233,7 +259,9 @@ def run_in_group(cmd: list[str], cwd: Path, env: dict, log: Path, cancelled) -> 
             while proc.poll() is None:
                 if cancelled():
                     raise StudyError(f"cancelled: {' '.join(cmd)}")
+                on_poll()
                 time.sleep(POLL_S)
+            on_poll()
         except BaseException:
             kill_group(proc.pid)
             proc.wait()
@@ -255,6 +283,23 @@ def clone_commit(task: Task, clone: Path, cache: Path) -> None:
     dvc = [sys.executable, "-m", "dvc"]
     run([*dvc, "cache", "dir", "--local", str(cache)], clone)
     run([*dvc, "remote", "add", "--local", "--force", "--default", task.remote, task.remote_url], clone)
+    frozen_entries_only(clone, task.frozen)
+
+
+def frozen_entries_only(clone: Path, frozen: tuple[str, ...]) -> None:
+    """Drop from the clone's lock files every stage but the frozen ones (whose outputs workers
+    pull, never run). Stages meet through the run-cache alone: a committed lock names outputs of
+    an earlier run that the cluster's remote need not hold, and DVC, failing to pull those, reruns
+    the upstream stage instead of restoring the run another task pushed."""
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    for lock in clone.rglob("dvc.lock"):
+        pipeline = lock.relative_to(clone).with_name("dvc.yaml").as_posix()
+        prefix = "" if pipeline == "dvc.yaml" else f"{pipeline}:"
+        data = yaml.load(lock)
+        data["stages"] = {n: s for n, s in (data.get("stages") or {}).items() if f"{prefix}{n}" in frozen}
+        yaml.dump(data, lock)
 
 
 def reproduce(task: Task, *upstream: dict) -> dict:
@@ -268,8 +313,8 @@ def reproduce(task: Task, *upstream: dict) -> dict:
     log = clone.parent / f"{clone.name}.log"
     clone_commit(task, clone, scratch / "cache")
     env, cancel = task_env(task, clone, worker.name), Event(f"cancel-{task.run_id}")
-    dvc = [sys.executable, "-m", "dvc"]
-    rc, output = run_in_group([*dvc, "repro", "--pull", task.stage], clone, env, log, cancel.is_set)
+    dvc, clock = [sys.executable, "-m", "dvc"], StageClock(log, task.stage)
+    rc, output = run_in_group([*dvc, "repro", "--pull", task.stage], clone, env, log, cancel.is_set, clock)
     if rc != 0:
         raise StudyError(f"`dvc repro --pull {task.stage}` failed on {worker.address} (log: {log}):\n"
                          f"{output[-3000:]}")
@@ -281,8 +326,10 @@ def reproduce(task: Task, *upstream: dict) -> dict:
     if rc != 0:
         raise StudyError(f"`dvc push --run-cache {task.stage}` failed on {worker.address}:\n{pushed[-2000:]}")
     shutil.rmtree(clone, ignore_errors=True)
+    seconds = time.perf_counter() - start
     return {"stage": task.stage, "outcome": outcome(output, task.stage), "worker": worker.address,
-            "seconds": round(time.perf_counter() - start, 1)}
+            "seconds": round(seconds, 1), "command_s": round(clock.seconds, 1),
+            "overhead_s": round(seconds - clock.seconds, 1)}
 
 
 # --- the coordinator -----------------------------------------------------------------------
@@ -345,11 +392,65 @@ def watch(client, futures: dict) -> tuple[list[dict], dict[str, str]]:
 
 
 def table(results: list[dict]) -> str:
+    """Each stage's outcome, its task's seconds (the stage's own command, the rest) and worker."""
     width = max([len(r["stage"]) for r in results] + [5])
-    rows = [f"{'stage':<{width}}  {'outcome':<9}  {'seconds':>7}  worker"]
-    rows += [f"{r['stage']:<{width}}  {r['outcome']:<9}  {r['seconds']:>7.1f}  {r['worker']}"
-             for r in results]
+    rows = [f"{'stage':<{width}}  {'outcome':<9}  {'seconds':>7}  {'command':>7}  {'overhead':>8}  worker"]
+    rows += [f"{r['stage']:<{width}}  {r['outcome']:<9}  {r['seconds']:>7.1f}  {r['command_s']:>7.1f}  "
+             f"{r['overhead_s']:>8.1f}  {r['worker']}" for r in results]
     return "\n".join(rows)
+
+
+PROJECTED_WORKERS = (2, 4, 16, 54)
+
+
+def projection(results: list[dict], stages: dict[str, Stage]) -> str:
+    """The run's critical path and its wall time projected onto more workers, from its tasks'
+    measured seconds (overhead included)."""
+    seconds = {r["stage"]: r["seconds"] for r in results}
+    upstream = {n: stages[n].upstream for n in seconds}
+    total, path = critical_path(seconds, upstream)
+    walls = ", ".join(f"{w} workers {projected_wall(seconds, upstream, w):.0f} s" for w in PROJECTED_WORKERS)
+    return (f"[cluster] critical path {total:.0f} s: {' -> '.join(path)}\n"
+            f"[cluster] projected wall time (these tasks' seconds, one stage per worker at a time, "
+            f"critical-path list scheduling): {walls}")
+
+
+def critical_path(seconds: dict[str, float], upstream: dict[str, tuple[str, ...]]) -> tuple[float, list[str]]:
+    """The longest chain of stages through the DAG, by their seconds: no number of workers runs
+    the pipeline faster. -> (its seconds, its stages, upstream first)"""
+    best: dict[str, tuple[float, list[str]]] = {}
+
+    def longest(name: str) -> tuple[float, list[str]]:
+        if name not in best:
+            before = max((longest(u) for u in upstream.get(name, ()) if u in seconds), default=(0.0, []))
+            best[name] = (before[0] + seconds[name], [*before[1], name])
+        return best[name]
+
+    return max((longest(n) for n in seconds), default=(0.0, []))
+
+
+def projected_wall(seconds: dict[str, float], upstream: dict[str, tuple[str, ...]], workers: int) -> float:
+    """The pipeline's wall time on `workers` workers, each running one stage at a time at its
+    measured seconds (no contention between workers: one core each), a free worker always taking
+    the ready stage with the longest path still ahead of it (critical-path list scheduling)."""
+    downstream = {n: [m for m in seconds if n in upstream.get(m, ())] for n in seconds}
+    ahead: dict[str, float] = {}
+
+    def tail(name: str) -> float:
+        if name not in ahead:
+            ahead[name] = seconds[name] + max((tail(m) for m in downstream[name]), default=0.0)
+        return ahead[name]
+
+    finish: dict[str, float] = {}
+    free = [0.0] * workers
+    while len(finish) < len(seconds):
+        ready = [n for n in seconds if n not in finish
+                 and all(u in finish for u in upstream.get(n, ()) if u in seconds)]
+        name = max(ready, key=lambda n: (tail(n), n))
+        start = max([min(free), *(finish[u] for u in upstream.get(name, ()) if u in seconds)])
+        slot = free.index(min(free))
+        finish[name] = free[slot] = start + seconds[name]
+    return max(finish.values(), default=0.0)
 
 
 def finish(root: Path, pipeline: str, in_git: set[str]) -> str:
@@ -374,12 +475,13 @@ def distribute(client, root: Path, pipeline: str, remote: str | None, scratch: s
     stages = stage_graph(root, pipeline)
     order = plan(stages)
     remote, url = remote_url(root, remote)
+    frozen = sorted(n for n, s in stages.items() if s.frozen)
     task = Task("", git_source(root, git_url, commit), commit, remote, url, scratch, threads, gpu,
-                uuid.uuid4().hex)
+                uuid.uuid4().hex, tuple(frozen))
     own = connect(None, local, gpu, connect_timeout) if client is None else None
     client = client or own
     try:
-        if frozen := sorted(n for n, s in stages.items() if s.frozen):  # workers pull what they never run
+        if frozen:  # workers pull what they never run
             run([sys.executable, "-m", "dvc", "push", "-r", remote, *frozen], root)
         print(f"[cluster] {len(order)} stages of {pipeline} at {commit[:12]} on {client.scheduler.address}",
               flush=True)
@@ -426,6 +528,7 @@ def command(pipeline: str = typer.Argument("dvc.yaml", help="the pipeline file, 
         if client is not None:
             client.close()
     print(table(results), flush=True)
+    print(projection(results, stages), flush=True)
     if failures:
         raise StudyError("stages failed:\n" + "\n".join(f"  {n}: {e}" for n, e in sorted(failures.items())))
     finish(root, pipeline, {n for n, s in stages.items() if s.in_git})

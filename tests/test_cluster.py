@@ -37,7 +37,7 @@ LONG = {**copy.deepcopy(PARAMS), "decoders": {"linear": {"family": "linear"}}}
 LONG["train"]["epochs"] = 200
 HISTORY = "data/history/linear/seed0/metrics.json"  # DVCLive rewrites it every epoch
 ONE_THREAD = {v: "1" for v in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-ROW = re.compile(r"^(\S+)\s+(ran|restored|pulled|unchanged)\s+([\d.]+)\s+(\S+)$", re.M)
+ROW = re.compile(r"^(\S+)\s+(ran|restored|pulled|unchanged)\s+([\d.]+)\s+([\d.]+)\s+(-?[\d.]+)\s+(\S+)$", re.M)
 # A run takes 1-2 minutes on 2 idle cores; at nice 19 beside a training study it can take 10 times
 # that, so the time limits only catch a hang.
 SLOW_S = 1800
@@ -141,7 +141,7 @@ def run_cluster(root: Path, *args: str, check: bool = True) -> tuple[int, str]:
 
 def outcomes(output: str) -> dict[str, tuple[str, str]]:
     """{stage: (outcome, worker)} from the command's closing table."""
-    return {m[0]: (m[1], m[3]) for m in ROW.findall(output)}
+    return {m[0]: (m[1], m[5]) for m in ROW.findall(output)}
 
 
 def lock_outs(root: Path) -> dict[str, str]:
@@ -192,12 +192,31 @@ def test_cluster_outputs_equal_a_serial_repro_of_the_same_commit(project, cluste
     rows = outcomes(out)
     assert {"train@linear-0", "train@pixelcnn_2-0", "evaluate@linear-0", "evaluate@pixelcnn_2-0"} <= set(rows)
     assert all(outcome == "ran" for outcome, _ in rows.values()), rows
+    for stage, _, seconds, command, overhead, _ in ROW.findall(out):  # the stage's own time, and the rest
+        assert 0 < float(command) < float(seconds) and float(overhead) > 0, (stage, seconds, command)
+    assert re.search(r"critical path \d+ s: validate -> binarize -> train@\S+ -> evaluate@\S+\n", out), out
     assert set(ran_stages(out.split("[cluster]")[-1])) <= {"report"}  # the workspace restored the rest
     ours, theirs = lock_outs(project), lock_outs(serial)
     assert set(ours) == set(theirs)
     untimed = {p for p in ours if p.startswith(UNTIMED)}
     assert untimed and {p: ours[p] for p in untimed} == {p: theirs[p] for p in untimed}
     assert outputs(project) == outputs(serial)  # models, images, curves, metrics, figures, report
+    assert "up to date" in dvc(project, "status").stdout
+
+
+def test_a_committed_lock_whose_outputs_are_not_on_the_remote_is_recomputed_not_an_error(
+        project, cluster):
+    """The study's own case: dvc.lock records a finished run whose outputs the cluster's remote
+    lacks. Workers reproduce from the run-cache alone, so each stage runs once, and no task sees
+    an upstream stage recomputed because the commit's lock named outputs it could not pull."""
+    dvc(project, "repro", timeout=SLOW_S)
+    sh(project, "git", "add", "-A")
+    sh(project, "git", "commit", "-q", "-m", "the study run, its lock and report committed")
+    sh(project, "git", "push", "-q", "origin", "HEAD:refs/heads/main")
+    _, out = run_cluster(project, "--scheduler", cluster.address)
+    rows = outcomes(out)
+    assert {"train@linear-0", "evaluate@pixelcnn_2-0"} <= set(rows)
+    assert all(outcome == "ran" for outcome, _ in rows.values()), rows
     assert "up to date" in dvc(project, "status").stdout
 
 
@@ -353,7 +372,7 @@ def test_gpu_stages_request_a_gpu_worker_and_wait_for_one(tmp_path):
     from stages.cluster import Stage, Task, submit
 
     order = [Stage("validate", (), False, False, ""), Stage("train@linear-0", (), False, False, "")]
-    task = Task("", str(tmp_path / "none.git"), "0" * 40, "store", str(tmp_path), str(tmp_path), 1, True, "t")
+    task = Task("", str(tmp_path / "none.git"), "0" * 40, "store", str(tmp_path), str(tmp_path), 1, True, "t", ())
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as lc, \
             Client(lc) as client:
         futures = submit(client, order, task)
@@ -364,3 +383,19 @@ def test_gpu_stages_request_a_gpu_worker_and_wait_for_one(tmp_path):
         assert not restrictions[futures["validate"].key]
         assert futures["validate"].status == "error" and futures["train@linear-0"].status == "pending"
         client.cancel(list(futures.values()))
+
+
+def test_the_critical_path_and_projected_wall_time_follow_the_stage_graph():
+    from stages.cluster import critical_path, projected_wall
+
+    # validate -> binarize -> four independent trainings, each with its evaluation
+    upstream = {"v": (), "b": ("v",), **{f"t{i}": ("b",) for i in range(4)},
+                **{f"e{i}": (f"t{i}",) for i in range(4)}}
+    seconds = {"v": 1.0, "b": 2.0, "t0": 10.0, "t1": 4.0, "t2": 4.0, "t3": 4.0,
+               "e0": 1.0, "e1": 1.0, "e2": 1.0, "e3": 1.0}
+    assert critical_path(seconds, upstream) == (14.0, ["v", "b", "t0", "e0"])
+    assert projected_wall(seconds, upstream, 1) == sum(seconds.values())  # one worker: serial
+    assert projected_wall(seconds, upstream, 54) == 14.0  # enough workers: the critical path
+    # two workers: t0 (the longest path ahead) first on one, t1-t3 on the other (3 -> 15), and
+    # the evaluations fill the gaps: 16 s, not the 17 of taking the trainings in name order
+    assert projected_wall(seconds, upstream, 2) == 16.0
