@@ -21,18 +21,31 @@ from stages.closure import STAGES, command_module, module_file
 from stages.errors import StudyError
 
 
-def commands() -> dict[str, str]:
-    """Every subcommand and the first line of its docstring, read from the source (no import)."""
-    from stages.closure import ALIASES
+def command_doc(path: Path) -> str | None:
+    """The first docstring line of the module's `command` function, None when it has none
+    (read from the source, nothing imported)."""
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.FunctionDef) and node.name == "command":
+            return (ast.get_docstring(node) or "").splitlines()[0]
+    return None
 
+
+def commands() -> dict[str, str]:
+    """Every subcommand and the first line of its docstring (parses every module: for --help)."""
     found = {}
     for path in sorted([*STAGES.glob("*.py"), *STAGES.glob("*/__init__.py")]):
-        for node in ast.parse(path.read_text()).body:
-            if isinstance(node, ast.FunctionDef) and node.name == "command":
-                module = path.parent.name if path.name == "__init__.py" else path.stem
-                name = next((a for a, m in ALIASES.items() if m == module), module.replace("_", "-"))
-                found[name] = (ast.get_docstring(node) or "").splitlines()[0]
+        doc = command_doc(path)
+        if doc is not None:
+            found[command_name(path)] = doc
     return found
+
+
+def command_name(path: Path) -> str:
+    """The one name `vae-study` runs a command module under (its alias, if it has one)."""
+    from stages.closure import ALIASES
+
+    module = path.parent.name if path.name == "__init__.py" else path.stem
+    return next((a for a, m in ALIASES.items() if m == module), module.replace("_", "-"))
 
 
 def usage() -> str:
@@ -46,7 +59,9 @@ def run_command(name: str, args: list[str]) -> None:
     import typer
 
     module = command_module(name)
-    if module_file(module) is None or name not in commands():
+    path = module_file(module)
+    # only this command's file is parsed: a stage's start-up does not read every module
+    if path is None or command_doc(path) is None or command_name(path) != name:
         raise SystemExit(f"vae-study: no command {name!r}\n\n{usage()}")
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     app.command(name)(importlib.import_module(module).command)
