@@ -15,17 +15,17 @@ Binary images are stored as packed bits; the same params give byte-identical fil
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from stages.errors import DataError
 from stages.fsutil import write_json, write_npz
 from stages.idx import read_idx
 from stages.options import PARAMS, ROOT, STUDY
-from stages.schema import Errors, build, spec
+from stages.schema import Errors, build, config
 
 N_MNIST_TRAIN = 60000
 
@@ -36,12 +36,12 @@ RAW_FILES = {
 SPLIT_STREAM = {"train": 0, "valid": 1, "test": 2}
 
 
-@dataclass(frozen=True)
+@config
 class BinarizeConfig:
-    method: str = spec(choices=("static", "threshold", "dynamic"))
-    seed: int = spec(min=0, max=2**31 - 1)
-    valid_size: int = spec(min=1, max=N_MNIST_TRAIN - 1)
-    train_subset: int | None = spec(min=1, max=N_MNIST_TRAIN - 1)
+    method: Literal["static", "threshold", "dynamic"]
+    seed: int = Field(ge=0, le=2**31 - 1)
+    valid_size: int = Field(ge=1, le=N_MNIST_TRAIN - 1)
+    train_subset: int | None = Field(ge=1, le=N_MNIST_TRAIN - 1)
 
 
 def parse_binarize(raw: Any, errors: Errors) -> BinarizeConfig | None:

@@ -14,79 +14,73 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from stages.binarize import N_MNIST_TRAIN, BinarizeConfig, parse_binarize
 from stages.errors import ParamsError
 from stages.model import DECODERS, EncoderConfig
 from stages.paramsfile import (OBJECTIVE_NAME_RULE, RUNG_NAME_RULE, SEEDS_RULE, objective_name_ok, read_yaml,
                                rung_name_ok, seeds_ok)
-from stages.schema import Errors, build, did_you_mean, field_names, spec, to_plain
+from stages.schema import Errors, build, config, did_you_mean, field_names, to_plain
 
 N_MNIST_TEST = 10000
 # A rung's role on the ladder (`Rung.role`): only trend rungs are points of the power trend.
 TREND, COMPARISON, MITIGATED, NO_Z = "trend", "comparison", "mitigated", "no z"
 
 
-def _unit_interval_open(v: float) -> str | None:
-    return None if 0.0 < v <= 1.0 else "must be in (0, 1]"
-
-
-def _positive(v: float) -> str | None:
-    return None if v > 0 else "must be > 0"
-
-
-@dataclass(frozen=True)
+@config
 class TrainConfig:
-    epochs: int = spec(min=1, max=100000)
-    batch_size: int = spec(min=1, max=65536)
-    lr: float = spec(check=_unit_interval_open)
-    precision: str = spec(choices=("auto", "bf16", "fp32"))
-    valid_subset: int | None = spec(min=1, max=N_MNIST_TRAIN - 1, doc="valid images per epoch")
-    patience: int | None = spec(min=1, max=100000, doc="early stopping: stop after this many "
-                                "epochs without a valid ELBO improvement (null: run every epoch)")
-    min_delta_nats: float = spec(min=0.0, max=1000.0,
-                                 doc="an improvement must beat the best valid ELBO by more than this")
+    epochs: int = Field(ge=1, le=100000)
+    batch_size: int = Field(ge=1, le=65536)
+    lr: float = Field(gt=0, le=1)
+    precision: Literal["auto", "bf16", "fp32"] = Field()
+    valid_subset: int | None = Field(ge=1, le=N_MNIST_TRAIN - 1, description="valid images per epoch")
+    patience: int | None = Field(ge=1, le=100000, description="early stopping: stop after this many "
+                                 "epochs without a valid ELBO improvement (null: run every epoch)")
+    min_delta_nats: float = Field(ge=0.0, le=1000.0, description="an improvement must beat the best "
+                                  "valid ELBO by more than this")
 
     def converged(self, epoch: int, best_epoch: int) -> bool:
         """Early stopping: `patience` epochs after the best one have passed without a gain."""
         return self.patience is not None and epoch - best_epoch >= self.patience
 
 
-@dataclass(frozen=True)
+@config
 class EvaluateConfig:
-    k: int = spec(min=1, max=10_000_000, doc="importance samples per test image")
-    n_test: int | None = spec(min=1, max=N_MNIST_TEST, doc="test images (null: all)")
-    batch_size: int = spec(min=1, max=100000, doc="test images per encoder pass")
-    chunk_size: int = spec(min=1, max=10_000_000, doc="(image, sample) pairs per decoder call")
-    precision: str = spec(choices=("auto", "bf16", "fp32"))
-    probe_train_size: int | None = spec(min=10, max=N_MNIST_TRAIN,
-                                        doc="training images for the probe and q(z) in the MI")
-    mi_samples: int = spec(min=1, max=10000, doc="z draws per image for KL[q(z)||p(z)]")
-    active_unit_threshold: float = spec(check=_positive)
-    n_show: int = spec(min=1, max=100, doc="test digits reconstructed and prior samples drawn")
-    seed: int = spec(min=0, max=2**31 - 1)
+    k: int = Field(ge=1, le=10_000_000, description="importance samples per test image")
+    n_test: int | None = Field(ge=1, le=N_MNIST_TEST, description="test images (null: all)")
+    batch_size: int = Field(ge=1, le=100000, description="test images per encoder pass")
+    chunk_size: int = Field(ge=1, le=10_000_000, description="(image, sample) pairs per decoder call")
+    precision: Literal["auto", "bf16", "fp32"] = Field()
+    probe_train_size: int | None = Field(ge=10, le=N_MNIST_TRAIN,
+                                         description="training images for the probe and q(z) in the MI")
+    mi_samples: int = Field(ge=1, le=10000, description="z draws per image for KL[q(z)||p(z)]")
+    active_unit_threshold: float = Field(gt=0)
+    n_show: int = Field(ge=1, le=100, description="test digits reconstructed and prior samples drawn")
+    seed: int = Field(ge=0, le=2**31 - 1)
 
 
-@dataclass(frozen=True)
+@config
 class ReportConfig:
-    collapse_threshold_nats: float = spec(check=_positive, doc="KL below this: collapsed")
+    collapse_threshold_nats: float = Field(gt=0, description="KL below this: collapsed")
 
 
-@dataclass(frozen=True)
+@config
 class ObjectiveConfig:
     """The training objective: the ELBO when every option is off (the default); each option is a
     remedy of posterior collapse (stages.train implements them). The ELBO reported is always
     the true one."""
 
-    kl_warmup_steps: int = spec(0, min=0, max=10**9, doc="beta from 0 to 1 over this many steps")
-    free_bits: float = spec(0.0, min=0.0, max=1000.0, doc="lambda, nats per latent dimension")
-    beta: float = spec(1.0, check=_unit_interval_open, doc="weight of the KL term (beta-VAE)")
-    aggressive: bool = spec(False, doc="aggressive inference-network training (He et al. 2019)")
-    aggressive_max_inner_steps: int = spec(100, min=1, max=100000,
-                                           doc="encoder updates per decoder update, at most")
-    aggressive_check_every: int = spec(10, min=1, max=100000,
-                                       doc="inner steps per check that the encoder still improves")
+    kl_warmup_steps: int = Field(0, ge=0, le=10**9, description="beta from 0 to 1 over this many steps")
+    free_bits: float = Field(0.0, ge=0.0, le=1000.0, description="lambda, nats per latent dimension")
+    beta: float = Field(1.0, gt=0, le=1, description="weight of the KL term (beta-VAE)")
+    aggressive: bool = Field(False, description="aggressive inference-network training (He et al. 2019)")
+    aggressive_max_inner_steps: int = Field(100, ge=1, le=100000,
+                                            description="encoder updates per decoder update, at most")
+    aggressive_check_every: int = Field(10, ge=1, le=100000,
+                                        description="inner steps per check that the encoder still improves")
 
     @property
     def is_elbo(self) -> bool:

@@ -1,41 +1,31 @@
-"""Validate plain YAML data into frozen dataclasses, naming the key path of every problem.
+"""Validate plain YAML data into frozen pydantic dataclasses, naming the key path of every problem.
 
-A config class is a frozen dataclass whose fields are declared with `spec(...)`: the default,
-and what is allowed (a range, a set of choices, a custom check). `build(cls, raw, path)`
-turns a mapping from params.yaml into an instance, or raises one `ParamsError` listing every
-problem as `key.path: what is wrong (what is allowed)`. Supported field types: int, float,
-bool, str, `X | None` and `tuple[int, ...]`.
+A config class is declared with `@config`: strict types (no "3" for 3, no true for 1, but a
+YAML int where a float is wanted), no unknown keys, finite numbers, ranges as `Field(ge=...)`,
+choices as `Literal`, custom checks as validators that raise ValueError. `build(cls, raw, path,
+errors)` turns a mapping from params.yaml into an instance, or adds every problem to `errors`
+as `key.path: got <value>; allowed: <what the schema allows>`; `Errors` raises them as one
+`ParamsError`. The configs stay dataclasses: `dataclasses.replace` revalidates.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
-from collections.abc import Callable, Mapping
+import difflib
+import functools
+from collections.abc import Mapping
 from typing import Any, TypeVar
+
+import pydantic.dataclasses
+from pydantic import BeforeValidator, ConfigDict, TypeAdapter, ValidationError
 
 from stages.errors import ParamsError
 
 T = TypeVar("T")
-_MISSING = dataclasses.MISSING
-
-
-def spec(
-    default: Any = _MISSING,
-    *,
-    min: float | None = None,
-    max: float | None = None,
-    choices: tuple[Any, ...] | None = None,
-    check: Callable[[Any], str | None] | None = None,
-    doc: str = "",
-) -> Any:
-    """A dataclass field with validation metadata. `check(value)` returns an error or None."""
-    meta = {"min": min, "max": max, "choices": choices, "check": check, "doc": doc}
-    if default is _MISSING:
-        return dataclasses.field(metadata=meta)
-    return dataclasses.field(default=default, metadata=meta)
+config = pydantic.dataclasses.dataclass(
+    frozen=True, config=ConfigDict(strict=True, extra="forbid", allow_inf_nan=False))
+# A YAML list where a tuple is declared (strict mode takes only a tuple): Annotated[tuple[...], FROM_LIST]
+FROM_LIST = BeforeValidator(lambda v: tuple(v) if isinstance(v, list) else v)
 
 
 class Errors:
@@ -53,102 +43,57 @@ class Errors:
             raise ParamsError(f"{source} is invalid:\n{body}")
 
 
-def describe_type(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return f"{describe_type(inner[0])} or null"
-    if origin is tuple:
-        return f"a list of {describe_type(typing.get_args(tp)[0])}s"
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(
-        tp, str(tp)
-    )
+@functools.cache
+def adapter(cls: type) -> TypeAdapter:
+    return TypeAdapter(cls)
 
 
-def _allowed(field: dataclasses.Field, tp: Any) -> str:
-    meta = field.metadata
-    parts = [describe_type(tp)]
-    if meta.get("choices"):
-        parts = ["one of " + ", ".join(repr(c) for c in meta["choices"])]
-    if meta.get("min") is not None and meta.get("max") is not None:
-        parts.append(f"in [{meta['min']}, {meta['max']}]")
-    elif meta.get("min") is not None:
-        parts.append(f">= {meta['min']}")
-    elif meta.get("max") is not None:
-        parts.append(f"<= {meta['max']}")
-    return " ".join(parts)
+WORDS = {"integer": "an integer", "number": "a number", "boolean": "true or false", "string": "a string",
+         "null": "null"}
+BOUNDS = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}
 
 
-def _scalar(value: Any, tp: Any) -> tuple[bool, Any]:
-    """(ok, converted) for one scalar of type tp; YAML ints are accepted where floats are."""
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        return (ok and math.isfinite(value)), (float(value) if ok else value)
-    if tp is str:
-        return isinstance(value, str), value
-    raise TypeError(f"unsupported schema type {tp!r}")  # a bug in a config class
-
-
-def _in_range(value: Any, meta: Mapping[str, Any]) -> bool:
-    if meta.get("choices") is not None and value not in meta["choices"]:
-        return False
-    if meta.get("min") is not None and value < meta["min"]:
-        return False
-    if meta.get("max") is not None and value > meta["max"]:
-        return False
-    return True
-
-
-def _convert(value: Any, tp: Any, field: dataclasses.Field, path: str, errors: Errors) -> Any:
-    meta = field.metadata
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
-        return _convert(value, inner, field, path, errors)
-    bad = f"got {value!r}; allowed: {_allowed(field, tp)}"
-    if origin is tuple:
-        item_tp = typing.get_args(tp)[0]
-        if not isinstance(value, (list, tuple)) or len(value) == 0:
-            errors.add(path, f"must be a non-empty list; {bad}")
-            return None
-        items = []
-        for i, item in enumerate(value):
-            ok, item = _scalar(item, item_tp)
-            if not ok or not _in_range(item, meta):
-                errors.add(f"{path}[{i}]", f"got {item!r}; each item must be {_allowed(field, item_tp)}")
-                return None
-            items.append(item)
-        converted: Any = tuple(items)
-    else:
-        ok, converted = _scalar(value, tp)
-        if not ok or not _in_range(converted, meta):
-            errors.add(path, bad)
-            return None
-    check = meta.get("check")
-    if check is not None:
-        problem = check(converted)
-        if problem:
-            errors.add(path, f"got {value!r}; {problem}")
-            return None
-    return converted
+def describe(s: dict[str, Any]) -> str:
+    """What a JSON schema allows, in words: 'an integer in [1, 64]', 'a number in (0, 1]'."""
+    if "anyOf" in s:
+        return " or ".join(map(describe, s["anyOf"]))
+    if "enum" in s:
+        return "one of " + ", ".join(map(repr, s["enum"]))
+    if s.get("type") == "array":
+        return f"a {'non-empty ' * bool(s.get('minItems'))}list, each item {describe(s['items'])}"
+    bounds = [(k, s[k]) for k in BOUNDS if k in s]
+    if len(bounds) == 2:
+        (lo_kind, lo), (hi_kind, hi) = bounds
+        return (f"{WORDS[s['type']]} in {'(' if lo_kind.startswith('excl') else '['}{lo}, "
+                f"{hi}{')' if hi_kind.startswith('excl') else ']'}")
+    return " ".join([WORDS[s["type"]], *(f"{BOUNDS[k]} {v}" for k, v in bounds)])
 
 
 def did_you_mean(key: Any, allowed: list[str] | tuple[str, ...]) -> str:
     """' (did you mean 'train'?)' for a key one typo away from an allowed one, else ''."""
-    import difflib
-
     close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def field_names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if f.init]
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def problem(cls: type, error: Any, given: dict[str, Any]) -> str | None:
+    """One pydantic error in the project's words; None for one another error already says."""
+    name, *index = error["loc"]
+    kind, value = error["type"], error["input"] if index or name not in given else given[name]
+    if kind == "unexpected_keyword_argument":
+        fields = field_names(cls)
+        return f"unknown key{did_you_mean(name, fields)}; allowed keys: {', '.join(fields) or '(none)'}"
+    if kind == "too_short" and value:  # pydantic counts the items left after a bad one
+        return None
+    if kind == "value_error":
+        return f"got {value!r}; {error['ctx']['error']}"
+    s = adapter(cls).json_schema()["properties"][name]
+    for _ in index:
+        s = s["items"]
+    return f"{'is required' if kind == 'missing' else f'got {value!r}'}; allowed: {describe(s)}"
 
 
 def build(cls: type[T], raw: Any, path: str, errors: Errors) -> T | None:
@@ -158,30 +103,18 @@ def build(cls: type[T], raw: Any, path: str, errors: Errors) -> T | None:
     if not isinstance(raw, Mapping):
         errors.add(path, f"must be a mapping of options, got {type(raw).__name__} {raw!r}")
         return None
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    unknown = [k for k in raw if k not in fields]
-    for key in unknown:
-        allowed = ", ".join(fields) or "(none)"
-        errors.add(f"{path}.{key}", f"unknown key{did_you_mean(key, list(fields))}; allowed keys: {allowed}")
-    values: dict[str, Any] = {}
-    n_before = len(errors.lines)
-    for name, field in fields.items():
-        if name in raw:
-            values[name] = _convert(raw[name], hints[name], field, f"{path}.{name}", errors)
-        elif field.default is _MISSING and field.default_factory is _MISSING:
-            errors.add(f"{path}.{name}", f"is required; allowed: {_allowed(field, hints[name])}")
-    if unknown or len(errors.lines) > n_before:
+    given = {str(k): v for k, v in raw.items()}
+    try:
+        return cls(**given)
+    except ValidationError as e:
+        for error in e.errors():
+            message = problem(cls, error, given)
+            if message is not None:
+                name, *index = error["loc"]
+                errors.add(f"{path}.{name}" + "".join(f"[{i}]" for i in index), message)
         return None
-    return cls(**values)
 
 
 def to_plain(config: Any) -> dict[str, Any]:
     """A config as YAML/JSON-ready plain data (tuples become lists)."""
-
-    def plain(v: Any) -> Any:
-        if isinstance(v, tuple):
-            return [plain(x) for x in v]
-        return v
-
-    return {k: plain(v) for k, v in dataclasses.asdict(config).items()}
+    return adapter(type(config)).dump_python(config, mode="json")

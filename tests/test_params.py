@@ -62,7 +62,7 @@ def test_the_checked_in_params_files_are_valid():
         ("train.epochs", -1, "train.epochs: got -1; allowed: an integer in [1, 100000]"),
         ("train.epochs", 2.5, "train.epochs: got 2.5"),
         ("train.epochs", True, "train.epochs: got True"),
-        ("train.lr", 0, "train.lr: got 0; must be in (0, 1]"),
+        ("train.lr", 0, "train.lr: got 0; allowed: a number in (0, 1]"),
         ("train.lr", "fast", "train.lr: got 'fast'"),
         ("train.patience", 0, "train.patience: got 0; allowed: an integer in [1, 100000]"),
         ("train.patience", 2, "train.patience: got 2; with epochs 2 (the cap) it could never stop early"),
@@ -70,7 +70,7 @@ def test_the_checked_in_params_files_are_valid():
         ("evaluate.k", 0, "evaluate.k: got 0; allowed: an integer in [1, 10000000]"),
         ("evaluate.chunk_size", 0, "evaluate.chunk_size: got 0"),
         ("encoder.latent_dim", 0, "encoder.latent_dim: got 0"),
-        ("encoder.hidden", [], "encoder.hidden: must be a non-empty list"),
+        ("encoder.hidden", [], "encoder.hidden: got []; allowed: a non-empty list"),
         ("encoder.hidden", [32, 0], "encoder.hidden[1]: got 0"),
         ("seeds", [0, 0], "seeds: got [0, 0]"),
         ("decoders.pixelcnn_2.n_layers", 0, "decoders.pixelcnn_2.n_layers: got 0; allowed: an integer in [1, 64]"),
@@ -348,7 +348,7 @@ def test_an_objectives_section_makes_every_rung_with_z_a_row_of_the_grid_and_a_t
 
 @pytest.mark.parametrize("objectives, decoders, expected", [
     ({"beta": {"beta": 0.8}, "elbo": {}}, GRID_DECODERS, "objectives.beta: the first objective is the reference"),
-    ({"elbo": {}, "b": {"beta": 1.5}}, GRID_DECODERS, "objectives.b.beta: got 1.5; must be in (0, 1]"),
+    ({"elbo": {}, "b": {"beta": 1.5}}, GRID_DECODERS, "objectives.b.beta: got 1.5; allowed: a number in (0, 1]"),
     ({"elbo": {}, "x": {"agressive": True}}, GRID_DECODERS, "objectives.x.agressive: unknown key"),
     ({"elbo": {}, "a__b": {}}, GRID_DECODERS, "objectives.a__b: an objective name must start with a letter"),
     ({"elbo": {}, "x y": {}}, GRID_DECODERS, "objectives.x y: an objective name must start with a letter"),

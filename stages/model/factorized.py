@@ -8,14 +8,13 @@ decoders used e.g. by Gulrajani et al. 2017).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic import Field
 from torch import nn
 
-from stages.model.registry import (IMAGE_SHAPE, N_PIXELS, Decoder, bernoulli_log_prob, fp32_layer,
+from stages.model.registry import (IMAGE_SHAPE, N_PIXELS, Decoder, Widths, bernoulli_log_prob, fp32_layer,
                                    register)
-from stages.schema import spec
+from stages.schema import config
 
 
 class FactorizedDecoder(Decoder):
@@ -46,7 +45,7 @@ class LinearDecoder(FactorizedDecoder):
 
     power_rank = 0
 
-    @dataclass(frozen=True)
+    @config
     class Config:
         pass
 
@@ -64,9 +63,9 @@ class MLPDecoder(FactorizedDecoder):
 
     power_rank = 1
 
-    @dataclass(frozen=True)
+    @config
     class Config:
-        hidden: tuple[int, ...] = spec((500, 500), min=1, max=8192, doc="hidden layer widths")
+        hidden: Widths = Field((500, 500), description="hidden layer widths")
 
     def __init__(self, config: Config, latent_dim: int) -> None:
         super().__init__(config, latent_dim)
@@ -115,9 +114,9 @@ class ConvDecoder(FactorizedDecoder):
 
     power_rank = 2
 
-    @dataclass(frozen=True)
+    @config
     class Config:
-        channels: int = spec(32, min=1, max=1024, doc="channels at 28x28; twice that at 7x7")
+        channels: int = Field(32, ge=1, le=1024, description="channels at 28x28; twice that at 7x7")
 
     def __init__(self, config: Config, latent_dim: int) -> None:
         super().__init__(config, latent_dim)

@@ -20,16 +20,17 @@ past: 3 + 12 * 2 = 27 rows up, 27 columns left and right.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
 from stages.model.autoregressive import AutoregressiveDecoder, box, conv1x1_add, gate
-from stages.model.pixelcnn import odd
+from stages.model.pixelcnn import KernelSize
 from stages.model.registry import IMAGE_SHAPE, register
-from stages.schema import spec
+from stages.schema import config
 
 
 def vertical_taps(kernel_size: int, first: bool) -> list[tuple[int, int]]:
@@ -80,15 +81,15 @@ class GatedPixelCNNDecoder(AutoregressiveDecoder):
 
     power_rank = 4
 
-    @dataclass(frozen=True)
+    @config
     class Config:
-        n_layers: int = spec(13, min=1, max=64, doc="gated layers of both stacks (the first included)")
-        channels: int = spec(16, min=1, max=1024)
-        kernel_size: int = spec(5, min=3, max=15, check=odd, doc="every layer after the first")
-        first_kernel_size: int = spec(7, min=3, max=15, check=odd, doc="the first layer")
-        conditional: bool = spec(True, doc="false: ignore z (the decoder-alone baseline)")
-        z_pathway: str = spec("spatial", choices=("spatial", "bias"),
-                              doc="how z reaches both stacks of every layer: a (C,28,28) map or a bias")
+        n_layers: int = Field(13, ge=1, le=64, description="gated layers of both stacks (the first included)")
+        channels: int = Field(16, ge=1, le=1024)
+        kernel_size: KernelSize = Field(5, description="every layer after the first")
+        first_kernel_size: KernelSize = Field(7, description="the first layer")
+        conditional: bool = Field(True, description="false: ignore z (the decoder-alone baseline)")
+        z_pathway: Literal["spatial", "bias"] = Field(
+            "spatial", description="how z reaches both stacks of every layer: a (C,28,28) map or a bias")
 
     def __init__(self, config: Config, latent_dim: int) -> None:
         super().__init__(config, latent_dim)

@@ -30,15 +30,16 @@ gated two-stack family (`stages.model.autoregressive`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import AfterValidator, Field
 from torch import nn
 
 from stages.model.autoregressive import AutoregressiveDecoder, conv1x1_add, gate
 from stages.model.registry import IMAGE_SHAPE, register
-from stages.schema import spec
+from stages.schema import config
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -77,8 +78,13 @@ class ResidualBlock(nn.Module):
         return conv1x1_add(h, gate(a) if self.gated else torch.relu(a), self.proj)
 
 
-def odd(k: int) -> str | None:
-    return None if k % 2 == 1 else "kernel_size must be odd (the mask is centred)"
+def odd(k: int) -> int:
+    if k % 2 == 0:
+        raise ValueError("kernel_size must be odd (the mask is centred)")
+    return k
+
+
+KernelSize = Annotated[int, Field(ge=3, le=15), AfterValidator(odd)]
 
 
 @register("pixelcnn")
@@ -87,16 +93,16 @@ class PixelCNNDecoder(AutoregressiveDecoder):
 
     power_rank = 3
 
-    @dataclass(frozen=True)
+    @config
     class Config:
-        n_layers: int = spec(4, min=1, max=64, doc="masked conv layers (mask A + n-1 mask B)")
-        channels: int = spec(32, min=1, max=1024)
-        kernel_size: int = spec(3, min=3, max=15, check=odd, doc="mask-B layers")
-        first_kernel_size: int = spec(7, min=3, max=15, check=odd, doc="the mask-A layer")
-        conditional: bool = spec(True, doc="false: ignore z (the decoder-alone baseline)")
-        z_pathway: str = spec("spatial", choices=("spatial", "bias"),
-                              doc="how z reaches every masked layer: a (C,28,28) map or a bias")
-        gated: bool = spec(False, doc="gated tanh*sigmoid units instead of ReLU (2x the work)")
+        n_layers: int = Field(4, ge=1, le=64, description="masked conv layers (mask A + n-1 mask B)")
+        channels: int = Field(32, ge=1, le=1024)
+        kernel_size: KernelSize = Field(3, description="mask-B layers")
+        first_kernel_size: KernelSize = Field(7, description="the mask-A layer")
+        conditional: bool = Field(True, description="false: ignore z (the decoder-alone baseline)")
+        z_pathway: Literal["spatial", "bias"] = Field(
+            "spatial", description="how z reaches every masked layer: a (C,28,28) map or a bias")
+        gated: bool = Field(False, description="gated tanh*sigmoid units instead of ReLU (2x the work)")
 
     def __init__(self, config: Config, latent_dim: int) -> None:
         super().__init__(config, latent_dim)

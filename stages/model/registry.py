@@ -1,7 +1,7 @@
 """The decoder interface p(x|z) over binary 28x28 images, and the registry of families.
 
 Every decoder exposes `log_prob(x, z) -> (B,)` in nats and `sample(z) -> x`; training and
-evaluation never branch on the family. A family is one class with a `Config` dataclass,
+evaluation never branch on the family. A family is one class with a `Config` (a `stages.schema.config`),
 registered by name; a params entry `{family: name, <options>}` is validated against that
 `Config` (unknown options are errors).
 """
@@ -9,14 +9,19 @@ registered by name; a params entry `{family: name, <options>}` is validated agai
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
+
+from stages.schema import FROM_LIST
 
 IMAGE_SHAPE = (1, 28, 28)
 N_PIXELS = 28 * 28
+# MLP layer widths, in params.yaml a non-empty list
+Widths = Annotated[tuple[Annotated[int, Field(ge=1, le=8192)], ...], Field(min_length=1), FROM_LIST]
 
 DECODERS: dict[str, type[Decoder]] = {}
 

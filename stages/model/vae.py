@@ -12,18 +12,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import nn
 
-from stages.model.registry import N_PIXELS, Decoder
-from stages.schema import spec
+from stages.model.registry import N_PIXELS, Decoder, Widths
+from stages.schema import config
 
 LOG_2PI = math.log(2 * math.pi)
 
 
-@dataclass(frozen=True)
+@config
 class EncoderConfig:
-    latent_dim: int = spec(min=1, max=1024)
-    hidden: tuple[int, ...] = spec(min=1, max=8192, doc="MLP widths of q(z|x)")
+    latent_dim: int = Field(ge=1, le=1024)
+    hidden: Widths = Field(description="MLP widths of q(z|x)")
 
 
 class GaussianEncoder(nn.Module):
