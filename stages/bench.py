@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from stages import peer
 from stages.checkpoint import load_model
 from stages.data import Split, load_splits
-from stages.estimators import iw_log_likelihood
+from stages.estimators import iw_log_likelihood, iw_over_split
 from stages.fsutil import write_json
 from stages.layout import Layout
 from stages.options import PARAMS, ROOT
@@ -66,7 +66,7 @@ def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048) -> float:
 def images(splits: dict[str, Split] | None, n: int, split: str = "train") -> torch.Tensor:
     if splits is not None and len(splits[split]) >= n:
         return splits[split].images(slice(0, n), generator(0))
-    return torch.bernoulli(torch.full((n, 1, 28, 28), 0.13), generator=generator(0))
+    return torch.bernoulli(torch.full((n, *IMAGE_SHAPE), 0.13), generator=generator(0))
 
 
 def train_step_rate(model, x: torch.Tensor, precision: Precision, compile_decoder: bool = False,
@@ -162,12 +162,9 @@ def eval_rate(model, x: torch.Tensor, k: int, chunk: int, precision: Precision) 
 
 def iw_nll(model, test: Split, k: int, chunk: int, precision: Precision, batch: int = 100) -> float:
     model = precision.model(model).eval()
-    g = generator(0, precision.device)
     total = 0.0
-    for start in range(0, len(test), batch):
-        x = precision.batch(test.images(slice(start, start + batch)))
-        with precision.autocast():
-            total += float(-iw_log_likelihood(model, x, k, chunk, g).log_px.double().sum())
+    for est in iw_over_split(model, test, precision, batch, k, chunk, generator(0, precision.device)):
+        total += float(-est.log_px.double().sum())
     return total / len(test)
 
 

@@ -52,11 +52,20 @@ def canonical(obj: Any) -> Any:
     return obj
 
 
+def weights_problem(weights: Any, what: str) -> str | None:
+    """What is wrong with `weights` (named `what`) as a model's weights: not a mapping of tensors,
+    or a floating-point weight that is not finite; None when nothing is."""
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        return f"{what} is not a mapping of tensors"
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    return f"weight {bad} of {what} is not finite" if bad is not None else None
+
+
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     """Write atomically and byte-for-byte reproducibly; refuse weights that are not finite."""
-    for key, tensor in state.get("model_state", {}).items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise TrainingDiverged(f"refusing to write {path}: weight {key} is not finite")
+    problem = weights_problem(state.get("model_state", {}), "model_state")
+    if problem is not None:
+        raise TrainingDiverged(f"refusing to write {path}: {problem}")
     buffer = io.BytesIO()  # in memory: torch reports failed file writes as RuntimeError, and
     torch.save(canonical({"format": FORMAT, **state}), buffer)  # names the archive after the file
     write_bytes(path, buffer.getvalue())
@@ -125,11 +134,9 @@ def rebuild(state: dict[str, Any], path: str | Path = "checkpoint") -> tuple[VAE
     rung = parse_rung(state.get("rung_name"), state.get("rung"), "rung", errors)
     errors.raise_if_any(f"{path} (its stored config)")
     weights = state.get("model_state")
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise CheckpointError(f"{path}: model_state is not a mapping of tensors; {_remedy(Path(path))}")
-    for key, tensor in weights.items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise CheckpointError(f"{path}: weight {key} is not finite; {_remedy(Path(path))}")
+    problem = weights_problem(weights, "model_state")
+    if problem is not None:
+        raise CheckpointError(f"{path}: {problem}; {_remedy(Path(path))}")
     model = build_model(rung, encoder_cfg)
     try:
         model.load_state_dict(weights)
@@ -147,13 +154,6 @@ def _check_training_record(state: dict[str, Any], path: str | Path) -> None:
         value = state.get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             raise CheckpointError(f"{path}: no valid `{key}` (got {value!r}); {_remedy(Path(path))}")
-
-
-def _weights_problem(weights: Any, what: str) -> str | None:
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        return f"{what} is not a mapping of tensors"
-    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    return f"weight {bad} of {what} is not finite" if bad is not None else None
 
 
 def _finite_number(value: Any) -> bool:
@@ -178,8 +178,8 @@ def check_resume_state(state: dict[str, Any], path: str | Path, epochs: int, mod
             or not all(_finite_number(best.get(k)) for k in ("valid_elbo_nats", "valid_kl_nats")):
         problems.append("`best` lacks a valid epoch, valid_elbo_nats or valid_kl_nats")
     else:
-        problems.append(_weights_problem(best.get("model_state"), "best.model_state"))
-    problems.append(_weights_problem(state.get("model_state"), "model_state"))
+        problems.append(weights_problem(best.get("model_state"), "best.model_state"))
+    problems.append(weights_problem(state.get("model_state"), "model_state"))
     phase = state.get("aggressive", {"on": False, "best_mi": 0.0})
     if not isinstance(phase, dict) or set(phase) != {"on", "best_mi"} or not isinstance(phase["on"], bool) \
             or not isinstance(phase["best_mi"], (int, float)):

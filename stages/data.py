@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from stages.errors import DataError
+from stages.model.registry import IMAGE_SHAPE, N_PIXELS
 
 SPLITS = ("train", "valid", "test")
 
@@ -41,7 +42,7 @@ class Split:
 
 
 def _unpack(bits: np.ndarray) -> torch.Tensor:
-    x = np.unpackbits(bits, axis=1, count=784).reshape(-1, 1, 28, 28)  # (N,1,28,28) uint8
+    x = np.unpackbits(bits, axis=1, count=N_PIXELS).reshape(-1, *IMAGE_SHAPE)  # (N,1,28,28) uint8
     return torch.from_numpy(x.astype(np.float32))
 
 
@@ -63,7 +64,7 @@ def load_splits(path: str | Path) -> dict[str, Split]:
         if f"{name}_bits" in arrays:
             x, dynamic = _unpack(arrays[f"{name}_bits"]), False
         elif f"{name}_intensity" in arrays:
-            intensity = arrays[f"{name}_intensity"].reshape(-1, 1, 28, 28)
+            intensity = arrays[f"{name}_intensity"].reshape(-1, *IMAGE_SHAPE)
             x, dynamic = torch.from_numpy(intensity.astype(np.float32) / 255.0), True
         else:
             raise DataError(f"{path}: no {name} images (rerun the binarize stage)")

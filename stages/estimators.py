@@ -28,12 +28,16 @@ All reductions (logsumexp, sums over pixels and dimensions) run in fp32 or fp64.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+from tqdm import tqdm
 
+from stages.data import Split
 from stages.model.vae import (LOG_2PI, VAE, gaussian_kl_per_dim, log_normal, log_standard_normal,
                               reparameterize)
+from stages.runtime import Precision
 
 
 def k_checkpoints(k: int) -> list[int]:
@@ -102,6 +106,36 @@ def iw_log_likelihood(model: VAE, x: torch.Tensor, k: int, chunk_size: int,
         done += kc
     return IWEstimate(running - math.log(k), at, sum_log_px_z / k, gaussian_kl_per_dim(mu, logvar),
                       mu, logvar)
+
+
+def iw_over_split(model: VAE, split: Split, precision: Precision, batch_size: int, k: int,
+                  chunk_size: int, generator: torch.Generator | None = None,
+                  checkpoints: list[int] | None = None, progress: bool = False) -> Iterator[IWEstimate]:
+    """`iw_log_likelihood` of every image of a split, in order, one IWEstimate (on the device)
+    per batch of `batch_size` images; the draws come from `generator`, batch after batch."""
+    starts = range(0, len(split), batch_size)
+    for start in tqdm(starts, desc=f"IW K={k}", disable=None if progress else True, mininterval=1.0,
+                      leave=False):
+        x = precision.batch(split.images(slice(start, start + batch_size)))
+        with precision.autocast():
+            estimate = iw_log_likelihood(model, x, k, chunk_size, generator, checkpoints)
+        yield estimate
+
+
+@torch.no_grad()
+def posteriors(model: VAE, split: Split, precision: Precision, batch_size: int,
+               g: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """q(z|x) = N(mu, exp(logvar)) for every image of a split, in eval mode (a dynamic split
+    draws its pixels with `g`).  -> mu, logvar: (N,D) fp32 on the CPU"""
+    model.eval()
+    mus, logvars = [], []
+    for start in range(0, len(split), batch_size):
+        x = precision.batch(split.images(slice(start, start + batch_size), g))
+        with precision.autocast():  # the encoder runs in fp32 all the same
+            mu, logvar = model.encoder(x)
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    return torch.cat(mus), torch.cat(logvars)
 
 
 MIXTURE_CHUNK_ELEMENTS = 2**24  # entries of one (chunk, M) fp64 matrix: 128 MiB

@@ -36,18 +36,18 @@ import numpy as np
 import pandas as pd
 import torch
 import typer
-from tqdm import tqdm
 
 from stages import closure
 from stages.checkpoint import load_model
 from stages.data import Split, load_splits
 from stages.errors import DataError
-from stages.estimators import (active_units, independent_pixel_log_prob, iw_log_likelihood, k_checkpoints,
-                               mi_cap, mutual_information)
+from stages.estimators import (active_units, independent_pixel_log_prob, iw_over_split, k_checkpoints, mi_cap,
+                               mutual_information, posteriors)
 from stages.fsutil import atomic_dir, ensure_writable_dir, write_csv, write_json, write_npz, write_text
 from stages.layout import Layout
 from stages.options import PARAMS, PROGRESS, ROOT, STUDY
 from stages.model import VAE
+from stages.model.registry import IMAGE_SHAPE
 from stages.params import EvaluateConfig, StudyParams, load_run_params
 from stages.probe import sampled_probe_accuracy
 from stages.runtime import Precision, derive_seed, generator, resolve_device, resolve_precision
@@ -76,19 +76,6 @@ def test_subset(n_total: int, n_test: int | None, seed: int) -> torch.Tensor:
     return order[:n_test].sort().values
 
 
-@torch.no_grad()
-def posteriors(model: VAE, split: Split, precision: Precision, batch_size: int,
-               g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """q(z|x) = N(mu, exp(logvar)) for every image of a split.  -> mu, logvar: (N,D) fp32"""
-    mus, logvars = [], []
-    for start in range(0, len(split), batch_size):
-        x = precision.batch(split.images(slice(start, start + batch_size), g))
-        mu, logvar = model.encoder(x)
-        mus.append(mu.cpu())
-        logvars.append(logvar.cpu())
-    return torch.cat(mus), torch.cat(logvars)
-
-
 def stderr(values: torch.Tensor) -> float:
     return float(values.double().std(unbiased=True) / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
@@ -105,12 +92,8 @@ def evaluate_model(model: VAE, test: Split, train: Split, config: EvaluateConfig
     g_iw = generator(derive_seed(config.seed), device)
     points = k_checkpoints(config.k)
     log_px, log_px_at, log_px_z, kl_dim, mus, logvars = [], {kk: [] for kk in points}, [], [], [], []
-    starts = range(0, len(test), config.batch_size)
-    for start in tqdm(starts, desc=f"IW K={config.k}", disable=None if progress else True, mininterval=1.0,
-                      leave=False):
-        x = precision.batch(test.images(slice(start, start + config.batch_size)))
-        with precision.autocast():
-            est = iw_log_likelihood(model, x, config.k, config.chunk_size, g_iw, points)
+    for est in iw_over_split(model, test, precision, config.batch_size, config.k, config.chunk_size, g_iw,
+                             points, progress):
         log_px.append(est.log_px.cpu())
         for kk in points:
             log_px_at[kk].append(est.log_px_at[kk].cpu())
@@ -187,7 +170,7 @@ def show_images(model: VAE, test: Split, config: EvaluateConfig,
         drawn, probs = model.decoder.sample(z, g)  # (2n,1,28,28) each
 
     def arr(t: torch.Tensor) -> np.ndarray:
-        return t.float().reshape(-1, 28, 28).cpu().numpy()
+        return t.float().reshape(-1, *IMAGE_SHAPE[1:]).cpu().numpy()
 
     return {"x": arr(x).astype(np.uint8), "recon": arr(drawn[:n]).astype(np.uint8),
             "recon_probs": arr(probs[:n]).astype(np.float16),

@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from stages.errors import StudyError
+from stages.model.registry import IMAGE_SHAPE
 from stages.model.vae import VAE
 from stages.params import EncoderConfig, Rung
 
@@ -49,7 +50,7 @@ def training_step_bytes(rung: Rung, encoder: EncoderConfig, batch_size: int, bf1
     with FakeTensorMode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         model: VAE = build_model(rung, encoder)  # fake CPU tensors: shapes, no storage
         weights = sum(p.numel() for p in model.parameters()) * BYTES_PER_WEIGHT
-        x = torch.zeros(batch_size, 1, 28, 28)  # (B,1,28,28)
+        x = torch.zeros(batch_size, *IMAGE_SHAPE)  # (B,1,28,28)
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             terms = model.elbo_terms(x, None)
             -(terms.log_px_z - terms.kl).mean()  # every tensor the backward pass would keep

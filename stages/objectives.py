@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from stages.data import Split
-from stages.estimators import mutual_information
+from stages.estimators import mutual_information, posteriors
 from stages.model import VAE
 from stages.params import ObjectiveConfig
 from stages.runtime import Precision
@@ -92,16 +92,28 @@ def step_only(model: VAE, part: torch.nn.Module, optimizer: torch.optim.Optimize
     optimizer.step()
 
 
-def encoder_inner_loop(model: VAE, optimizer: torch.optim.Optimizer, objective: Objective,
-                       config: ObjectiveConfig, train: Split, batch_size: int, step: int,
-                       precision: Precision, g_cpu: torch.Generator, g: torch.Generator) -> int:
+@dataclass
+class StepContext:
+    """What every training step of a run works with: the model and its optimizer, the loss,
+    and where (`precision`) and on what (`train`, `batch_size` images a step) it trains."""
+
+    model: VAE
+    optimizer: torch.optim.Optimizer
+    objective: Objective
+    train: Split
+    batch_size: int
+    precision: Precision
+
+
+def encoder_inner_loop(ctx: StepContext, config: ObjectiveConfig, step: int, g_cpu: torch.Generator,
+                       g: torch.Generator) -> int:
     """He et al. 2019, Algorithm 1, inner loop: update the encoder alone on fresh minibatches
     (drawn with `g_cpu`) until the mean loss of a block of `aggressive_check_every` steps no
     longer beats the block before it, or `aggressive_max_inner_steps` steps. -> steps taken"""
     previous, block, taken = math.inf, 0.0, 0
-    with frozen(model.decoder):  # its weights' gradients would be thrown away: not computed
+    with frozen(ctx.model.decoder):  # its weights' gradients would be thrown away: not computed
         for taken in range(1, config.aggressive_max_inner_steps + 1):
-            loss = _encoder_step(model, optimizer, objective, train, batch_size, step, precision, g_cpu, g)
+            loss = _encoder_step(ctx, step, g_cpu, g)
             block += loss
             if taken % config.aggressive_check_every == 0:
                 mean = block / config.aggressive_check_every
@@ -111,16 +123,14 @@ def encoder_inner_loop(model: VAE, optimizer: torch.optim.Optimizer, objective: 
     return taken
 
 
-def _encoder_step(model: VAE, optimizer: torch.optim.Optimizer, objective: Objective, train: Split,
-                  batch_size: int, step: int, precision: Precision, g_cpu: torch.Generator,
-                  g: torch.Generator) -> float:
+def _encoder_step(ctx: StepContext, step: int, g_cpu: torch.Generator, g: torch.Generator) -> float:
     """One update of the encoder alone on a fresh minibatch; -> its loss."""
-    index = torch.randint(len(train), (batch_size,), generator=g_cpu)  # (B,)
-    x = precision.batch(train.images(index, g_cpu))
-    with precision.autocast():
-        t = model.elbo_terms(x, generator=g)
-    loss = objective.loss(t.log_px_z, t.kl_per_dim, step)
-    step_only(model, model.encoder, optimizer, loss)
+    index = torch.randint(len(ctx.train), (ctx.batch_size,), generator=g_cpu)  # (B,)
+    x = ctx.precision.batch(ctx.train.images(index, g_cpu))
+    with ctx.precision.autocast():
+        t = ctx.model.elbo_terms(x, generator=g)
+    loss = ctx.objective.loss(t.log_px_z, t.kl_per_dim, step)
+    step_only(ctx.model, ctx.model.encoder, ctx.optimizer, loss)
     return float(loss.detach())
 
 
@@ -128,15 +138,8 @@ def _encoder_step(model: VAE, optimizer: torch.optim.Optimizer, objective: Objec
 def valid_mi(model: VAE, valid: Split, precision: Precision, batch_size: int,
              g: torch.Generator) -> float:
     """I_q(x; z) over the validation images, q(z) their posteriors' mixture.  Nats."""
-    model.eval()
-    mus, logvars = [], []
-    for start in range(0, len(valid), batch_size):
-        x = precision.batch(valid.images(slice(start, start + batch_size), g))
-        with precision.autocast():
-            mu, logvar = model.encoder(x)
-        mus.append(mu.float().cpu())
-        logvars.append(logvar.float().cpu())
-    return mutual_information(torch.cat(mus), torch.cat(logvars), MI_SAMPLES, g)
+    mu, logvar = posteriors(model, valid, precision, batch_size, g)  # (N,D) each
+    return mutual_information(mu, logvar, MI_SAMPLES, g)
 
 
 @dataclass

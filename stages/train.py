@@ -25,6 +25,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,7 @@ from stages.layout import Layout
 from stages.options import PARAMS, PROGRESS, ROOT, STUDY
 from stages.live import EpochLog
 from stages.model import VAE, EncoderConfig, build_model
-from stages.objectives import AggressivePhase, Objective, encoder_inner_loop, step_only, valid_mi
+from stages.objectives import AggressivePhase, Objective, StepContext, encoder_inner_loop, step_only, valid_mi
 from stages.params import Rung, StudyParams, TrainConfig, load_run_params
 from stages.runtime import (Precision, derive_seed, generator, resolve_device, resolve_precision,
                             seed_everything)
@@ -67,40 +68,47 @@ def mean_elbo(model: VAE, split: Split, precision: Precision, batch_size: int,
     return {"elbo": elbo, "kl": kl, "rec": rec}
 
 
-def fingerprint(rung: Rung, encoder: EncoderConfig, config: TrainConfig, seed: int,
-                data_id: str) -> str:
-    """Identifies a training run, so resume state from another run is never used."""
-    text = repr((describe(rung, encoder), to_plain(config), seed, data_id))
-    return hashlib.sha256(text.encode()).hexdigest()
+@dataclass(frozen=True)
+class TrainRun:
+    """What a training run is: the rung, its encoder, the training settings, the seed, and
+    the data it trains on (`data_id`, the binarized file's digest)."""
+
+    rung: Rung
+    encoder: EncoderConfig
+    config: TrainConfig
+    seed: int
+    data_id: str = ""
+
+    def fingerprint(self) -> str:
+        """Identifies the run, so resume state from another run is never used."""
+        text = repr((describe(self.rung, self.encoder), to_plain(self.config), self.seed, self.data_id))
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 def train_rung(
-    rung: Rung,
-    encoder: EncoderConfig,
-    config: TrainConfig,
-    seed: int,
+    run: TrainRun,
     train: Split,
     valid: Split,
     precision: Precision,
     resume_path: Path | None = None,
-    data_id: str = "",
     progress: bool = True,
-    on_epoch_end: Callable[[int], None] | None = None,
     log: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
     """Train one rung; return the best-validation checkpoint state and the epoch history.
 
     `log(row)` receives every epoch's history row as it is finished (the rows a resumed run
     already had first, so a fresh logger ends with the whole history)."""
+    rung, config, seed = run.rung, run.config, run.seed
     seed_everything(seed)
-    model = precision.model(build_model(rung, encoder))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    objective = Objective.of(rung.objective)
+    model = precision.model(build_model(rung, run.encoder))
+    ctx = StepContext(model, torch.optim.Adam(model.parameters(), lr=config.lr), Objective.of(rung.objective),
+                      train, config.batch_size, precision)
+    optimizer, objective = ctx.optimizer, ctx.objective
     phase = AggressivePhase(on=rung.objective.aggressive)
     valid = valid.head(config.valid_subset)
     steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    run_id = fingerprint(rung, encoder, config, seed, data_id)
-    identity = {**describe(rung, encoder), "train": to_plain(config), "seed": seed}
+    run_id = run.fingerprint()
+    identity = {**describe(rung, run.encoder), "train": to_plain(config), "seed": seed}
 
     start_epoch, best, history = 1, None, []
     if resume_path is not None and resume_path.exists():
@@ -133,8 +141,7 @@ def train_rung(
             step = (epoch - 1) * steps_per_epoch + i
             x = precision.batch(train.images(order[i * config.batch_size:(i + 1) * config.batch_size], g_cpu))
             if aggressive:  # the encoder first, to convergence, then the decoder alone
-                inner_steps += encoder_inner_loop(model, optimizer, objective, rung.objective, train,
-                                                  config.batch_size, step, precision, g_inner_cpu, g_inner)
+                inner_steps += encoder_inner_loop(ctx, rung.objective, step, g_inner_cpu, g_inner)
             with precision.autocast():
                 t = model.elbo_terms(x, generator=g)
             loss = objective.loss(t.log_px_z, t.kl_per_dim, step)
@@ -185,8 +192,6 @@ def train_rung(
                 "run_id": run_id, "epoch": epoch, "best": best, "history": history,
                 "model_state": model_state(model), "optimizer_state": optimizer.state_dict(),
                 "aggressive": phase.plain()})
-        if on_epoch_end is not None:
-            on_epoch_end(epoch)
         if stop:
             break
 
@@ -216,10 +221,9 @@ def run(params: StudyParams, decoder: str, seed: int, layout: Layout, progress: 
     scratch = layout.scratch(decoder, seed)
     epoch_log = EpochLog(history_dir, root=layout.root)
     try:
-        state, _ = train_rung(rung, params.encoder, params.train, seed, splits["train"],
-                              splits["valid"], precision, resume_path=scratch,
-                              data_id=file_digest(layout.binarized), progress=progress,
-                              log=epoch_log.log)
+        job = TrainRun(rung, params.encoder, params.train, seed, data_id=file_digest(layout.binarized))
+        state, _ = train_rung(job, splits["train"], splits["valid"], precision, resume_path=scratch,
+                              progress=progress, log=epoch_log.log)
     finally:
         epoch_log.close()
     save_checkpoint(model_path, state)

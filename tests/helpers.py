@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +17,8 @@ import torch
 import yaml
 
 from stages import binarize, train
+from stages.checkpoint import load_checkpoint
+from stages.data import Split
 from stages.idx import write_idx
 from stages.layout import Layout
 from stages.params import parse_params
@@ -185,3 +189,32 @@ def build_tiny_study(root: Path, params_raw: dict | None = None):
         train.run(params, name, 0, layout, progress=False)
     return params, layout
 
+
+
+# --- interrupting a training run ----------------------------------------------------------
+
+@dataclasses.dataclass
+class InterruptedSplit(Split):
+    """A training split whose process gets a real SIGINT (Ctrl-C) at the first batch it is
+    asked for once `resume` holds epoch `after_epoch`: the run is interrupted early in the
+    next epoch, after that epoch's resume state was saved. The images are the split's own, so
+    the run is the real one up to the interruption. Use it with `pytest.raises(KeyboardInterrupt)`."""
+
+    resume: Path | None = None
+    after_epoch: int = 1
+    _seen: tuple[int, int, int] | None = None  # the resume file last read: (inode, mtime, size)
+
+    def images(self, index, generator=None):
+        if self.resume is not None and self.resume.exists():
+            stat = self.resume.stat()
+            seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if seen != self._seen:  # written since it was last read: one more epoch saved
+                self._seen = seen
+                if load_checkpoint(self.resume)["epoch"] >= self.after_epoch:
+                    signal.raise_signal(signal.SIGINT)
+        return super().images(index, generator)
+
+
+def interrupted(split: Split, resume: Path, after_epoch: int = 1) -> InterruptedSplit:
+    """`split`, interrupted once `resume` holds epoch `after_epoch` (see InterruptedSplit)."""
+    return InterruptedSplit(split.x, split.labels, split.dynamic, resume=resume, after_epoch=after_epoch)

@@ -250,7 +250,7 @@ def test_a_truncated_resume_file_says_it_can_be_deleted(study, tmp_path):
     (lambda s: s.update(model_state=list(s["model_state"].values())),
      "model_state is not a mapping of tensors"),
     (lambda s: s["model_state"]["encoder.net.0.weight"].fill_(float("nan")),
-     "weight encoder.net.0.weight is not finite"),
+     "weight encoder.net.0.weight of model_state is not finite"),
     (lambda s: s.pop("epoch"), "no valid `epoch` (got None)"),
     (lambda s: s.update(valid_kl_nats="a lot"), "no valid `valid_kl_nats` (got 'a lot')"),
 ])

@@ -10,15 +10,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from helpers import synthetic_digits, tiny_params
+from helpers import interrupted, synthetic_digits, tiny_params
 
 from stages.checkpoint import load_checkpoint
 from stages.data import Split
-from stages.objectives import AggressivePhase, Objective, encoder_inner_loop, step_only
+from stages.objectives import AggressivePhase, Objective, StepContext, encoder_inner_loop, step_only
 from stages.params import ObjectiveConfig
 from stages.runtime import Precision, generator
 from stages.model import build_model
-from stages.train import train_rung
+from stages.train import TrainRun, train_rung
 
 FP32 = Precision(torch.device("cpu"), None)
 AGGRESSIVE = {"aggressive": True, "aggressive_max_inner_steps": 12, "aggressive_check_every": 3}
@@ -83,8 +83,8 @@ def test_the_inner_loop_stops_when_a_block_of_steps_no_longer_beats_the_one_befo
 
     model = Scripted()
     optimizer = torch.optim.Adam(model.parameters())
-    taken = encoder_inner_loop(model, optimizer, Objective(0, 0.0), ObjectiveConfig(**AGGRESSIVE), TRAIN,
-                               8, 0, FP32, generator(0), generator(1))
+    ctx = StepContext(model, optimizer, Objective(0, 0.0), TRAIN, 8, FP32)
+    taken = encoder_inner_loop(ctx, ObjectiveConfig(**AGGRESSIVE), 0, generator(0), generator(1))
     assert taken == steps
 
 
@@ -99,7 +99,7 @@ def test_the_aggressive_phase_ends_for_good_once_mi_stops_rising():
 def test_aggressive_training_reports_the_true_elbo_and_logs_its_phase():
     params = params_with(**AGGRESSIVE)
     config = dataclasses.replace(params.train, epochs=3)
-    state, history = train_rung(params.rung("tried"), params.encoder, config, 0, TRAIN, VALID, FP32,
+    state, history = train_rung(TrainRun(params.rung("tried"), params.encoder, config, 0), TRAIN, VALID, FP32,
                                 progress=False)
     assert history["aggressive"].iloc[0] == 1 and 1 <= history["inner_steps_per_step"].iloc[0] <= 12
     assert (np.diff(history["aggressive"]) <= 0).all()  # once off, off for good
@@ -117,21 +117,14 @@ def test_aggressive_training_reports_the_true_elbo_and_logs_its_phase():
 def test_aggressive_training_resumes_with_the_same_weights_as_an_uninterrupted_run(tmp_path):
     params = params_with(**AGGRESSIVE)
     config = dataclasses.replace(params.train, epochs=3)
-    args = (params.rung("tried"), params.encoder, config, 5, TRAIN, VALID, FP32)
-    whole, whole_history = train_rung(*args, progress=False)
+    run = TrainRun(params.rung("tried"), params.encoder, config, 5)
+    whole, whole_history = train_rung(run, TRAIN, VALID, FP32, progress=False)
     scratch = tmp_path / "resume.pt"
-
-    class Interrupt(Exception):
-        pass
-
-    def die_after_first_epoch(epoch: int) -> None:
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_rung(*args, resume_path=scratch, progress=False, on_epoch_end=die_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C early in epoch 2, after epoch 1 was saved
+        train_rung(run, interrupted(TRAIN, scratch), VALID, FP32, resume_path=scratch, progress=False)
+    assert load_checkpoint(scratch)["epoch"] == 1
     assert load_checkpoint(scratch)["aggressive"]["best_mi"] == whole_history["valid_mi_nats"].iloc[0]
-    resumed, resumed_history = train_rung(*args, resume_path=scratch, progress=False)
+    resumed, resumed_history = train_rung(run, TRAIN, VALID, FP32, resume_path=scratch, progress=False)
     for key, tensor in whole["model_state"].items():
         assert torch.equal(tensor, resumed["model_state"][key]), key
     cols = [c for c in whole_history.columns if c != "seconds"]
@@ -141,7 +134,7 @@ def test_aggressive_training_resumes_with_the_same_weights_as_an_uninterrupted_r
 def test_beta_below_one_keeps_more_kl_and_logs_its_weight():
     params = params_with({"family": "linear"}, beta=0.5)
     config = dataclasses.replace(params.train, epochs=2)
-    runs = {name: train_rung(params.rung(name), params.encoder, config, 0, TRAIN, VALID, FP32,
+    runs = {name: train_rung(TrainRun(params.rung(name), params.encoder, config, 0), TRAIN, VALID, FP32,
                              progress=False)[1] for name in ("plain", "tried")}
     assert runs["tried"]["valid_kl_nats"].iloc[-1] > runs["plain"]["valid_kl_nats"].iloc[-1]
     assert list(runs["tried"]["beta"]) == [0.5, 0.5]

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import synthetic_digits, tiny_params
+from helpers import interrupted, synthetic_digits, tiny_params
 
 from stages.checkpoint import load_checkpoint, load_model, save_checkpoint
 from stages.data import Split
@@ -18,7 +18,7 @@ from stages.errors import TrainingDiverged
 from stages.live import EpochLog, read_history
 from stages.runtime import Precision
 from stages.objectives import Objective
-from stages.train import train_rung
+from stages.train import TrainRun, train_rung
 
 FP32 = Precision(torch.device("cpu"), None)
 
@@ -36,16 +36,12 @@ TRAIN, VALID = split(300, 0), split(100, 1)
 def test_a_few_epochs_of_training_raise_the_validation_elbo():
     params = tiny_params()
     config = dataclasses.replace(params.train, epochs=3)
-    state, history = train_rung(params.rung("linear"), params.encoder, config, 0, TRAIN, VALID,
+    state, history = train_rung(TrainRun(params.rung("linear"), params.encoder, config, 0), TRAIN, VALID,
                                 FP32, progress=False)
     assert list(history.epoch) == [1, 2, 3]
     assert history.valid_elbo_nats.iloc[-1] > history.valid_elbo_nats.iloc[0] + 20
     assert state["epoch"] == int(history.valid_elbo_nats.idxmax()) + 1  # best-validation weights
     assert np.allclose(history.valid_elbo_nats, -(history.valid_kl_nats + history.valid_rec_nats))
-
-
-class Interrupt(Exception):
-    pass
 
 
 def test_converged_after_patience_epochs_without_a_gain():
@@ -61,13 +57,14 @@ def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weigh
     one-epoch run (every epoch's random numbers depend on (seed, epoch) only)."""
     params = tiny_params()
     config = dataclasses.replace(params.train, epochs=10, patience=2, min_delta_nats=1000.0)
-    args = (params.rung("linear"), params.encoder)
-    state, history = train_rung(*args, config, 0, TRAIN, VALID, FP32, progress=False)
+    rung = params.rung("linear")
+    state, history = train_rung(TrainRun(rung, params.encoder, config, 0), TRAIN, VALID, FP32, progress=False)
     assert list(history.epoch) == [1, 2, 3]
     assert history.valid_elbo_nats.iloc[-1] > history.valid_elbo_nats.iloc[0]  # it was still learning
     assert (state["epoch"], state["epochs_trained"], state["converged"]) == (1, 3, True)
     one_epoch = dataclasses.replace(params.train, epochs=1)
-    reference, _ = train_rung(*args, one_epoch, 0, TRAIN, VALID, FP32, progress=False)
+    reference, _ = train_rung(TrainRun(rung, params.encoder, one_epoch, 0), TRAIN, VALID, FP32,
+                              progress=False)
     for key, tensor in reference["model_state"].items():
         assert torch.equal(tensor, state["model_state"][key]), key
 
@@ -75,7 +72,7 @@ def test_early_stopping_stops_patience_epochs_after_the_best_and_keeps_its_weigh
 def test_without_patience_every_epoch_runs_and_the_best_one_is_kept():
     params = tiny_params()
     config = dataclasses.replace(params.train, epochs=4, patience=None, min_delta_nats=1000.0)
-    state, history = train_rung(params.rung("linear"), params.encoder, config, 0, TRAIN, VALID,
+    state, history = train_rung(TrainRun(params.rung("linear"), params.encoder, config, 0), TRAIN, VALID,
                                 FP32, progress=False)
     assert list(history.epoch) == [1, 2, 3, 4]
     assert (state["epoch"], state["epochs_trained"], state["converged"]) == (1, 4, False)  # no criterion
@@ -84,17 +81,14 @@ def test_without_patience_every_epoch_runs_and_the_best_one_is_kept():
 def test_an_early_stopped_run_resumes_to_the_same_stop(tmp_path):
     params = tiny_params()
     config = dataclasses.replace(params.train, epochs=10, patience=2, min_delta_nats=1000.0)
-    args = (params.rung("linear"), params.encoder, config, 3, TRAIN, VALID, FP32)
-    whole, whole_history = train_rung(*args, progress=False)
+    run = TrainRun(params.rung("linear"), params.encoder, config, 3)
+    whole, whole_history = train_rung(run, TRAIN, VALID, FP32, progress=False)
     scratch = tmp_path / "resume.pt"
-
-    def stop_after_second_epoch(epoch: int) -> None:
-        if epoch == 2:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train_rung(*args, resume_path=scratch, progress=False, on_epoch_end=stop_after_second_epoch)
-    resumed, resumed_history = train_rung(*args, resume_path=scratch, progress=False)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C early in epoch 3
+        train_rung(run, interrupted(TRAIN, scratch, after_epoch=2), VALID, FP32, resume_path=scratch,
+                   progress=False)
+    assert load_checkpoint(scratch)["epoch"] == 2
+    resumed, resumed_history = train_rung(run, TRAIN, VALID, FP32, resume_path=scratch, progress=False)
     assert list(resumed_history.epoch) == list(whole_history.epoch) == [1, 2, 3]
     assert (resumed["epoch"], resumed["epochs_trained"]) == (whole["epoch"], whole["epochs_trained"])
     for key, tensor in whole["model_state"].items():
@@ -106,20 +100,19 @@ def test_a_resumed_run_logs_every_epoch_once_through_dvclive(tmp_path):
     epochs it had, so the logged history equals an uninterrupted run's."""
     params = tiny_params()
     config = dataclasses.replace(params.train, epochs=3)
-    args = (params.rung("linear"), params.encoder, config, 7, TRAIN, VALID, FP32)
+    run = TrainRun(params.rung("linear"), params.encoder, config, 7)
 
-    def logged(folder, **kwargs):
+    def logged(folder, train=TRAIN, **kwargs):
         epoch_log = EpochLog(folder)
         try:
-            return train_rung(*args, progress=False, log=epoch_log.log, **kwargs)
+            return train_rung(run, train, VALID, FP32, progress=False, log=epoch_log.log, **kwargs)
         finally:
             epoch_log.close()
 
     _, whole = logged(tmp_path / "whole")
     scratch, resumed_dir = tmp_path / "resume.pt", tmp_path / "resumed"
-    with pytest.raises(Interrupt):
-        logged(resumed_dir, resume_path=scratch,
-               on_epoch_end=lambda e: (_ for _ in ()).throw(Interrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        logged(resumed_dir, interrupted(TRAIN, scratch), resume_path=scratch)
     assert list(read_history(resumed_dir)["epoch"]) == [1]
     shutil.rmtree(resumed_dir)  # what `dvc repro` does to a stage's outputs before rerunning it
     logged(resumed_dir, resume_path=scratch)
@@ -136,19 +129,14 @@ def test_a_resumed_run_logs_every_epoch_once_through_dvclive(tmp_path):
 def test_a_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path, rung):
     params = tiny_params()
     config = dataclasses.replace(params.train, epochs=3)
-    args = (params.rung(rung), params.encoder, config, 7, TRAIN, VALID, FP32)
-    whole, whole_history = train_rung(*args, progress=False)
+    run = TrainRun(params.rung(rung), params.encoder, config, 7)
+    whole, whole_history = train_rung(run, TRAIN, VALID, FP32, progress=False)
 
     scratch = tmp_path / "resume.pt"
-
-    def stop_after_first_epoch(epoch: int) -> None:
-        if epoch == 1:
-            raise Interrupt  # the process dies after epoch 1 was saved
-
-    with pytest.raises(Interrupt):
-        train_rung(*args, resume_path=scratch, progress=False, on_epoch_end=stop_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C early in epoch 2, after epoch 1 was saved
+        train_rung(run, interrupted(TRAIN, scratch), VALID, FP32, resume_path=scratch, progress=False)
     assert load_checkpoint(scratch)["epoch"] == 1
-    resumed, resumed_history = train_rung(*args, resume_path=scratch, progress=False)
+    resumed, resumed_history = train_rung(run, TRAIN, VALID, FP32, resume_path=scratch, progress=False)
 
     assert resumed["epoch"] == whole["epoch"]
     for key, tensor in whole["model_state"].items():
@@ -164,11 +152,11 @@ def test_resume_state_of_another_run_is_ignored(tmp_path):
     params = tiny_params()
     config = dataclasses.replace(params.train, epochs=2)
     scratch = tmp_path / "resume.pt"
-    with pytest.raises(Interrupt):
-        train_rung(params.rung("linear"), params.encoder, config, 0, TRAIN, VALID, FP32,
-                   resume_path=scratch, progress=False,
-                   on_epoch_end=lambda e: (_ for _ in ()).throw(Interrupt()))
-    other_seed, history = train_rung(params.rung("linear"), params.encoder, config, 1, TRAIN, VALID,
+    with pytest.raises(KeyboardInterrupt):
+        train_rung(TrainRun(params.rung("linear"), params.encoder, config, 0), interrupted(TRAIN, scratch),
+                   VALID, FP32, resume_path=scratch, progress=False)
+    assert load_checkpoint(scratch)["epoch"] == 1
+    other_seed, history = train_rung(TrainRun(params.rung("linear"), params.encoder, config, 1), TRAIN, VALID,
                                      FP32, resume_path=scratch, progress=False)
     assert list(history.epoch) == [1, 2]  # started from scratch, not from seed 0's epoch 1
 
@@ -180,7 +168,7 @@ def test_a_nan_loss_stops_training_naming_epoch_and_step(tmp_path):
     poisoned.x[0, 0, 5, 5] = float("nan")
     scratch = tmp_path / "resume.pt"
     with pytest.raises(TrainingDiverged, match=r"epoch 1, step \d+ of 6") as err:
-        train_rung(params.rung("linear"), params.encoder, config, 0, poisoned, VALID, FP32,
+        train_rung(TrainRun(params.rung("linear"), params.encoder, config, 0), poisoned, VALID, FP32,
                    resume_path=scratch, progress=False)
     assert "without writing a checkpoint" in str(err.value)
     assert not scratch.exists()
@@ -212,7 +200,7 @@ def test_free_bits_and_warmup_let_the_posterior_carry_more_information():
     config = dataclasses.replace(params.train, epochs=3)
     kl = {}
     for name in ("plain", "free", "warm"):
-        state, history = train_rung(params.rung(name), params.encoder, config, 0, TRAIN, VALID,
+        state, history = train_rung(TrainRun(params.rung(name), params.encoder, config, 0), TRAIN, VALID,
                                     FP32, progress=False)
         kl[name] = history.valid_kl_nats.iloc[-1]
     assert kl["free"] > kl["plain"] + 3.0
@@ -222,7 +210,7 @@ def test_free_bits_and_warmup_let_the_posterior_carry_more_information():
 def test_training_writes_a_checkpoint_that_rebuilds_the_model(tmp_path):
     params = tiny_params()
     config = dataclasses.replace(params.train, epochs=1)
-    state, _ = train_rung(params.rung("pixelcnn_2"), params.encoder, config, 0, TRAIN, VALID, FP32,
+    state, _ = train_rung(TrainRun(params.rung("pixelcnn_2"), params.encoder, config, 0), TRAIN, VALID, FP32,
                           progress=False)
     save_checkpoint(tmp_path / "m.pt", state)
     model, rung, loaded = load_model(tmp_path / "m.pt", params.rung("pixelcnn_2"), params.encoder)
@@ -248,17 +236,16 @@ def test_a_crafted_resume_file_is_refused_naming_the_field_and_that_it_can_be_de
 
     params = tiny_params()
     config = dataclasses.replace(params.train, epochs=3)
-    args = (params.rung("linear"), params.encoder, config, 7, TRAIN, VALID, FP32)
+    run = TrainRun(params.rung("linear"), params.encoder, config, 7)
     scratch = tmp_path / ".scratch" / "train" / "linear-seed7.pt"
     scratch.parent.mkdir(parents=True)
-    with pytest.raises(Interrupt):
-        train_rung(*args, resume_path=scratch, progress=False,
-                   on_epoch_end=lambda e: (_ for _ in ()).throw(Interrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        train_rung(run, interrupted(TRAIN, scratch), VALID, FP32, resume_path=scratch, progress=False)
     state = load_checkpoint(scratch)
     craft(state)
     torch.save(state, scratch)  # as someone crafting the file would write it
     with pytest.raises(CheckpointError) as err:
-        train_rung(*args, resume_path=scratch, progress=False)
+        train_rung(run, TRAIN, VALID, FP32, resume_path=scratch, progress=False)
     assert str(scratch) in str(err.value) and expected in str(err.value), err.value
     assert "resume state: delete it, and the run starts over" in str(err.value)
 
@@ -268,7 +255,8 @@ def test_a_checkpoint_from_before_an_option_existed_still_matches_its_params(tmp
     describes the same model: the checkpoint loads; at another value it is refused."""
     params = tiny_params()
     config = dataclasses.replace(params.train, epochs=1)
-    state, _ = train_rung(params.rung("linear"), params.encoder, config, 0, TRAIN, VALID, FP32, progress=False)
+    state, _ = train_rung(TrainRun(params.rung("linear"), params.encoder, config, 0), TRAIN, VALID, FP32,
+                          progress=False)
     for key in ("beta", "aggressive", "aggressive_max_inner_steps", "aggressive_check_every"):
         del state["rung"][key]  # what a checkpoint written before these options holds
     save_checkpoint(tmp_path / "old.pt", state)

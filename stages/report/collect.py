@@ -25,6 +25,7 @@ import pandas as pd
 from stages.errors import DataError
 from stages.layout import Layout
 from stages.live import read_history
+from stages.model.registry import IMAGE_SHAPE
 from stages.params import StudyParams
 
 
@@ -146,9 +147,11 @@ def collect(params: StudyParams, layout: Layout) -> ReportData:
                                 f"no usable numbers ({', '.join(bad) or 'empty table'}); "
                                 f"{_fix(metrics_path, stage)}")
             shapes = {k: v.shape for k, v in run.images.items()}
-            if any(len(sh) != 3 or sh[1:] != (28, 28) or sh[0] != shapes["x"][0] for sh in shapes.values()):
+            side = IMAGE_SHAPE[1:]  # (28, 28)
+            if any(len(sh) != 3 or sh[1:] != side or sh[0] != shapes["x"][0] for sh in shapes.values()):
                 raise DataError(f"report: {layout.eval_images(r, s)} holds arrays of shapes {shapes}, "
-                                f"expected (n,28,28) each; {_fix(layout.eval_images(r, s), stage)}")
+                                f"expected (n,{side[0]},{side[1]}) each; "
+                                f"{_fix(layout.eval_images(r, s), stage)}")
             runs[(r, s)] = run
     check_one_evaluation(runs, layout)
     latent_dim = params.encoder.latent_dim
