@@ -332,15 +332,15 @@ def test_a_study_needs_a_folder_name_and_its_params_file(tmp_path):
     assert not list(tmp_path.glob("profiles/*/dvc.yaml"))
 
 
-def test_the_long_profile_is_the_default_ladder_trained_to_convergence():
+def test_the_long_profile_is_the_default_ladder_below_the_gated_rungs_early_stopped():
     default, long = load_params(REPO / "params.yaml"), load_params(REPO / "profiles/long/params.yaml")
-    assert long.decoders == default.decoders  # the same ladder: only the schedule differs
+    # the same rungs as the default ladder (their twins and side rung included), the gated ones
+    # left out to fit 150 minutes on either CPU (docs/studies.md says what that costs)
+    assert {n: r for n, r in default.decoders.items() if r.family != "gated_pixelcnn"} == long.decoders
     assert (long.binarize, long.encoder) == (default.binarize, default.encoder)
     assert long.train.patience is not None and long.train.patience < long.train.epochs
-    # scored at least as precisely as the default study (K and test images traded against its
-    # 150-minute budget: the README says what they cost)
-    assert len(long.seeds) >= 2 and long.evaluate.k >= default.evaluate.k
-    assert long.evaluate.n_test >= default.evaluate.n_test
+    assert len(long.seeds) >= 3  # a 95 % interval over 2 seeds is 12.7 standard errors wide
+    assert (long.evaluate.k, long.evaluate.n_test) >= (default.evaluate.k, default.evaluate.n_test)
 
 
 def test_a_named_study_reproduces_into_its_own_folders_leaving_the_default_untouched(study):
