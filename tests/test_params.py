@@ -47,10 +47,13 @@ def test_the_checked_in_params_files_are_valid():
         spatial = [n for n, r in ladder.items() if uses_z[n] and built[n].receptive_field > 0
                    and r.decoder.z_pathway == "spatial"]
         # every autoregressive trend rung has its decoder-alone twin, and the axis reaches a
-        # decoder that sees the whole raster past of every pixel
+        # decoder that sees the whole raster past of every pixel (the early-stopped study stops
+        # below the gated rungs by design: test_pipeline holds it to that cut)
         assert all(twin_of(n, ladder, uses_z) for n in spatial), path
-        assert max(built[n].raster_share for n in spatial) == 1.0, path
-        assert min(built[n].receptive_field for n in spatial) <= 4, path  # and starts at a local one
+        if path != ROOT / "profiles" / "long" / "params.yaml":
+            assert max(built[n].raster_share for n in spatial) == 1.0, path
+        # and the axis starts at a decoder that sees no more than a local neighbourhood
+        assert min(built[n].receptive_field for n in ladder if uses_z[n]) <= 4, path
 
 
 @pytest.mark.parametrize(
