@@ -67,27 +67,30 @@ def test_the_grid_report_shows_each_objective_against_the_elbo_at_each_power(tmp
     objectives = found["grid_objectives"]
     assert objectives["numbers"]["beta"]["more_kl_at"] == ["mlp", "pixelcnn_2"]
     assert objectives["numbers"]["aggressive"]["more_kl_at"] == []
-    assert "`aggressive` keeps more information in z than `elbo` at no power" in objectives["text"]
-    assert "NLL_IW change +0.50 [+0.50, +0.50] nats, worse)" in objectives["text"]
-    assert "+1.00, more; NLL_IW change" in objectives["text"]  # MI beside the KL
+    assert "more information in z: `beta` at `mlp`, `pixelcnn_2`; less: none" in objectives["text"]
+    assert found["grid_likelihood"]["numbers"]["worse_at"] == {"beta": ["mlp", "pixelcnn_2"]}
     phase = found["grid_aggressive_phase"]
     assert phase["numbers"]["aggressive"]["phase_epochs"] == {"mlp": 3.0, "pixelcnn_2": 2.0}
     assert phase["numbers"]["aggressive"]["capped_at"] == ["mlp"]
     assert phase["numbers"]["aggressive"]["mi_at_cap_at"] == ["mlp"]
-    assert ("its phase lasted (mean over seeds) 3 of 3 epochs at `mlp` (100.0 encoder steps per decoder step), "
-            "2 of 3 epochs at `pixelcnn_2` (30.0 encoder steps") in phase["text"]
-    assert "every inner loop ran to the cap at `mlp`, where the encoder may" in phase["text"]
-    assert "at `mlp` the phase never ended while the validation MI" in phase["text"]
-    assert "log M = 9.21, where the estimate can only creep up" in phase["text"]
+    assert "every inner loop hit the cap at `mlp`, so the encoder may" in phase["text"]
+    assert "at `mlp` the phase never ended, its validation MI within 0.05 nats" in phase["text"]
+    assert "cap log M = 9.21" in phase["text"]
     top = found["grid_top_against_alone"]
     assert top["numbers"]["rung"] == "pixelcnn_2" and top["numbers"]["better"] == []
-    assert "the decoder alone (`pixelcnn_uncond`)" in top["text"]
-    assert "`beta` 88.80 ± 0.00 (what z adds -0.80 ± 0.00: worse than the decoder alone)" in top["text"]
-    assert list(found)[:5] == ["abstract", "collapse_optimum", "grid_objectives", "grid_aggressive_phase",
-                               "grid_top_against_alone"]
+    assert top["numbers"]["words"] == {"elbo": "worse", "beta": "worse", "aggressive": "worse"}
+    assert "no objective gives a better NLL_IW than the decoder alone (`pixelcnn_uncond`, 88.00 nats" in top["text"]
+    assert list(found)[:6] == ["abstract", "collapse_optimum", "grid_objectives", "grid_likelihood",
+                               "grid_aggressive_phase", "grid_top_against_alone"]
+    # every finding reads in one breath: its numbers are in the tables
+    assert {k: n for k, c in found.items() if k != "abstract" and (n := len(c["text"].split())) > 60} == {}
     assert "Of the remedies at `pixelcnn_2`, `beta` keeps more KL" in found["abstract"]["text"]
     md = (layout.reports / "report.md").read_text()
     assert "## The grid: power x objective" in md and "He et al., OMNIGLOT" in md
+    assert "| `pixelcnn_2` | `beta` | 3.12 [2.81, 3.44] |" in md  # the cells, with 95 % intervals
+    assert "| `aggressive` | `mlp` | 3 of 3 | 100.0 (cap 100) | 9.20 (cap 9.21) |" in md
+    top_rows = md[md.index("## At the top"):md.index("## What the numbers show")]
+    assert all(f"`pixelcnn_2__{o}`" in top_rows for o in OBJECTIVES) and "`mlp__elbo`" not in top_rows
     assert (layout.reports / "figures/grid_heatmaps.png").exists()
     results = pd.read_csv(layout.reports / "results.csv").set_index("rung")
     assert results.loc["mlp__beta", "role"] == "mitigated" and results.loc["mlp__elbo", "role"] == "trend"
@@ -99,13 +102,13 @@ def test_an_objective_that_keeps_less_is_named_and_one_seed_never_counts(tmp_pat
         return {"rung": "a", "objective": objective, "power": 0, "kl_nats": kl, "kl_nats_std": std,
                 "kl_change_nats": change, "kl_change_lo": lo, "kl_change_hi": hi,
                 "nll_change_nats": 0.0, "nll_change_std": 0.1, "nll_change_se": 0.05,
-                "nll_change_lo": -0.2, "nll_change_hi": 0.2}
+                "nll_change_lo": -0.2, "nll_change_hi": 0.2, "kl_floor_nats": 0.0}
     cells = pd.DataFrame([cell("elbo", 5.0, 0.1, 0.0, 0.0, 0.0), cell("warm", 3.0, 0.1, -2.0, -2.3, -1.7),
                           cell("one", 9.0, math.nan, 4.0, math.nan, math.nan)])
     claim = grid.objectives_claim(cells)
     assert (claim.numbers["warm"]["more_kl_at"], claim.numbers["warm"]["less_kl_at"]) == ([], ["a"])
     assert claim.numbers["one"]["more_kl_at"] == []  # no spread: no verdict
-    assert "`warm` keeps more information in z than `elbo` at no power, and less at `a`" in claim.text
+    assert "more information in z: none; less: `warm` at `a`; elsewhere unresolved" in claim.text
 
 
 def test_the_grid_pipeline_has_one_stage_per_run_and_seed_and_refuses_to_go_stale(tmp_path):
@@ -171,15 +174,17 @@ def test_an_mi_at_its_estimators_cap_is_compared_only_where_it_is_the_higher_one
                 "kl_change_nats": kl - 5.0, "kl_change_lo": kl - 5.3, "kl_change_hi": kl - 4.7,
                 "mi_nats": mi, "mi_nats_std": 0.01, "mi_change_nats": mi_change,
                 "mi_change_lo": mi_change - 0.03, "mi_change_hi": mi_change + 0.03, "mi_cap_nats": 9.26,
+                "kl_floor_nats": 8.0,
                 "nll_change_nats": 0.0, "nll_change_std": 0.1, "nll_change_se": 0.05,
                 "nll_change_lo": -0.2, "nll_change_hi": 0.2}
     below = pd.DataFrame([cell("elbo", 5.0, 8.0, 0.0), cell("up", 8.0, 9.0, 1.0), cell("down", 8.0, 7.0, -1.0)])
-    text = grid.objectives_claim(below).text
-    assert "MI ≥ 9.00 ± 0.01, +1.00, more (a lower bound)" in text  # higher: still more
-    assert "MI 7.00 ± 0.01, -1.00, less" in text
+    claim = grid.objectives_claim(below)
+    assert claim.numbers["up"]["more_kl_at"] == ["a"]  # at its cap but the higher one: still more
+    assert claim.numbers["down"]["less_kl_at"] == ["a"]
     at_cap = pd.DataFrame([cell("elbo", 5.0, 9.0, 0.0), cell("down", 8.0, 8.0, -1.0)])
-    assert ("MI 8.00 ± 0.01, -1.00, not compared: within 0.5 nats of the estimate's cap log M = 9.26"
-            in grid.objectives_claim(at_cap).text)
+    claim = grid.objectives_claim(at_cap)
+    assert claim.numbers["down"]["capped_at"] == ["a"] and claim.numbers["down"]["less_kl_at"] == []
+    assert "not compared, MI at the estimator's cap: `down` at `a`" in claim.text
 
 
 def test_free_bits_are_judged_by_mi_because_their_kl_is_floored_by_construction():
@@ -193,6 +198,7 @@ def test_free_bits_are_judged_by_mi_because_their_kl_is_floored_by_construction(
     cells = pd.DataFrame([cell("elbo", 2.0, 0.0, 0.0, 0.0, 0.0), cell("free", 8.0, 6.0, -0.3, 0.2, 8.0),
                           cell("beta", 5.0, 3.0, -0.3, 0.2, 0.0)])
     claim = grid.objectives_claim(cells)
-    assert claim.numbers["free"] == {"more_kl_at": [], "less_kl_at": [], "judged_by": "mi", "kl_floor_nats": 8.0}
+    assert claim.numbers["free"] == {"more_kl_at": [], "less_kl_at": [], "capped_at": [], "judged_by": "mi",
+                                     "kl_floor_nats": 8.0}
     assert claim.numbers["beta"]["more_kl_at"] == ["a"]  # no floor: its KL is information it chose
-    assert "(judged by MI: free bits floor its KL at 8.00 nats by construction)" in claim.text
+    assert "by MI for `free`, whose KL free bits floor" in claim.text

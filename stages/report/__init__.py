@@ -75,7 +75,7 @@ def study_claims(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
         at = next((i + 1 for i, c in enumerate(found) if c.name == "what_z_adds"), len(found))
         found = found[:at] + [strength] + found[at:]
     if not cells.empty:  # a grid study: its objectives' claims right after the headline
-        extra = [c for c in (grid.objectives_claim(cells), grid.aggressive_claim(cells),
+        extra = [c for c in (grid.objectives_claim(cells), grid.likelihood_claim(cells), grid.aggressive_claim(cells),
                                grid.top_against_alone(cells)) if c is not None]
         found = found[:1] + extra + found[1:]
     return found

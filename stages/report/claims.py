@@ -93,7 +93,8 @@ def trend_rungs(results: pd.DataFrame) -> pd.DataFrame:
     return results[results["role"] == TREND].sort_values("power")
 
 
-def _names(rungs) -> str:
+def backticked(rungs) -> str:
+    """'`a`, `b`': names in backticks, for prose."""
     return ", ".join(f"`{r}`" for r in rungs)
 
 
@@ -164,7 +165,7 @@ def kl_gone_at_top(results: pd.DataFrame, per_seed: pd.DataFrame) -> Claim | Non
     base_mean = factorized["kl_nats"].mean()
     text = (f"At the strongest rung `{top['rung']}` (receptive field {int(top['receptive_field'])} "
             f"pixels) KL is {kl_interval(top).text()} nats against {base_mean:.2f} nats, the mean of "
-            f"the factorized rungs ({_names(factorized['rung'])}): {share.text(1)}% of it is gone "
+            f"the factorized rungs ({backticked(factorized['rung'])}): {share.text(1)}% of it is gone "
             "(the share computed seed by seed).")
     return Claim("kl_gone_at_top", text, {"top_rung": top["rung"], "share_gone_percent": share.plain(),
                                           "factorized_kl_nats": base_mean})
@@ -300,9 +301,9 @@ def kl_slope(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None:
     falling = [name for name, i in rows if i.side() == "below"]
     text = (f"At the end of training (the slope of validation KL over each run's last {LAST_EPOCHS} "
             "epochs, 95 % interval over seeds), "
-            + (f"KL is still rising at {_names(rising)}: not at a steady state" if rising else
+            + (f"KL is still rising at {backticked(rising)}: not at a steady state" if rising else
                "no rung's KL is still rising decidedly")
-            + (f"; still falling at {_names(falling)}" if falling else "") + ".")
+            + (f"; still falling at {backticked(falling)}" if falling else "") + ".")
     return Claim("kl_slope", text.strip(), {"slopes": {name: i.plain() for name, i in rows},
                                             "rising": rising, "falling": falling})
 
@@ -395,14 +396,14 @@ def versus_baseline(results: pd.DataFrame, baseline: pd.DataFrame, threshold: fl
 
     for group, words, named in (("regained", "regained information in z (not collapsed in this "
                                  "study)", was),
-                                ("stayed collapsed", "stayed collapsed", _names),
+                                ("stayed collapsed", "stayed collapsed", backticked),
                                 ("newly collapsed", "collapsed in this study", was),
-                                ("kept", "kept information in z in both", _names)):
+                                ("kept", "kept information in z in both", backticked)):
         if groups[group]:
             by_verdict.append(f"{words}: {named(groups[group])}")
     if groups["undecided"]:
         by_verdict.append("unresolved or without a verdict in at least one of them: "
-                          + _names(groups["undecided"]))
+                          + backticked(groups["undecided"]))
     trend = [r for r in shared if ours.loc[r, "role"] == TREND]
     rho_here = stats.spearman(ours.loc[trend, "receptive_field"], ours.loc[trend, "kl_nats"])[0] \
         if len(trend) > 2 else math.nan
@@ -454,7 +455,7 @@ def mutual_information(results: pd.DataFrame) -> Claim | None:
     bounded = with_z[with_z["mi_nats"] >= with_z["mi_cap_nats"] - MI_BOUND_MARGIN]
     text = (f"The mutual information I_q(x; z) is estimated with q(z) a mixture of M posteriors and "
             f"cannot exceed log M = {cap:.2f} nats; "
-            + (f"{_names(bounded['rung'])} {'is' if len(bounded) == 1 else 'are'} within "
+            + (f"{backticked(bounded['rung'])} {'is' if len(bounded) == 1 else 'are'} within "
                f"{MI_BOUND_MARGIN:g} nats of that cap, so {'its' if len(bounded) == 1 else 'their'} "
                f"MI is shown as a lower bound (>=)." if len(bounded) else
                f"every estimate is more than {MI_BOUND_MARGIN:g} nats below it."))
@@ -501,7 +502,7 @@ def k_convergence(k_curves: pd.DataFrame, order: list[str]) -> Claim | None:
              "on any rung"
              if not rising else
              f"The IW estimate of -log p(x) rises with K by more than {K_TOLERANCE:g} nats somewhere "
-             f"on {_names(rising)} (sampling noise: the estimate is a stochastic bound)")
+             f"on {backticked(rising)} (sampling noise: the estimate is a stochastic bound)")
             + f"; from K = 1 to K = {kmax:,} it drops by between {min(shown.values()):.2f} and "
               f"{max(shown.values()):.2f} nats, most on `{big}`.")
     return Claim("k_convergence", text, {"drop_nats": drops, "rising": rising,

@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 from stages.errors import DataError
 from stages.report import stats
-from stages.report.claims import MI_BOUND_MARGIN, Claim, pm
+from stages.report.claims import MI_BOUND_MARGIN, Claim, backticked, pm
 from stages.report.figures import STYLE
 from stages.report.tables import changed_options
 from stages.report.zadds import seed_stats
@@ -95,7 +95,9 @@ def grid_table(data, results: pd.DataFrame) -> pd.DataFrame:
 
 
 def _interval(row, key: str) -> stats.Interval:
-    return stats.Interval.of(float(row[f"{key}_nats"]), float(row[f"{key}_nats_std"]), int(row["n_seeds"]))
+    """The 95 % interval of a cell's `key` (a Series row or a namedtuple of the grid table)."""
+    return stats.Interval.of(float(getattr(row, f"{key}_nats")), float(getattr(row, f"{key}_nats_std")),
+                             int(row.n_seeds))
 
 
 def _side(row, key: str) -> str:
@@ -107,6 +109,59 @@ def _side_of(lo: float, hi: float) -> str:
     if pd.isna(lo) or pd.isna(hi) or lo <= 0 <= hi:
         return "unresolved"
     return "above" if lo > 0 else "below"
+
+
+MI_AT_CAP_NATS = 0.05  # a validation MI this close to its cap log M can only creep up
+
+
+def _ci(mean: float, lo: float, hi: float, sign: str = "") -> str:
+    """'mean [lo, hi]' (signed with sign='+'), the mean alone where one seed gives no interval."""
+    def f(v: float) -> str:
+        return f"{0.0 if round(v, 2) == 0 else v:{sign}.2f}"
+    return f(mean) if pd.isna(lo) else f"{f(mean)} [{f(lo)}, {f(hi)}]"
+
+
+def _mi_text(r) -> str:
+    """A cell's MI with its interval; '≥' where it is within MI_BOUND_MARGIN of the estimator's
+    cap log M (a lower bound)."""
+    bounded = r.mi_cap_nats - r.mi_nats < MI_BOUND_MARGIN
+    return ("≥ " if bounded else "") + _interval(r, "mi").text()
+
+
+def cell_table(grid: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
+    """Every cell of the grid with the 95 % intervals its claims decide on. -> (header, rows, caption)"""
+    reference = grid["objective"].iloc[0]
+    word = {"above": "more", "below": "less", "unresolved": "unresolved", "capped": "not compared (MI at its cap)"}
+    rows = []
+    for r in grid.itertuples():
+        first = r.objective == reference
+        rows.append([f"`{r.rung}`", f"`{r.objective}`", _interval(r, "kl").text(), _mi_text(r),
+                     _interval(r, "nll_iw").text(),
+                     "reference" if first else _ci(r.kl_change_nats, r.kl_change_lo, r.kl_change_hi, "+"),
+                     "reference" if first else word[information_side(r)] + (" (by MI)" if r.kl_floor_nats > 0 else ""),
+                     "reference" if first else _ci(r.nll_change_nats, r.nll_change_lo, r.nll_change_hi, "+"),
+                     "" if pd.isna(r.z_adds_iw_nats) else _ci(r.z_adds_iw_nats, r.z_adds_iw_lo, r.z_adds_iw_hi, "+")])
+    header = ["rung", "objective", "KL (nats)", "MI (nats)", "NLL_IW (nats)", f"KL change vs `{reference}`",
+              "information in z", f"NLL_IW change vs `{reference}`", "what z adds by IW"]
+    return header, rows, (
+        "The grid, cell by cell: mean and 95 % interval over seeds. Changes against the reference cell "
+        "of the same power: KL by Welch's interval, NLL_IW paired per test image and seed (positive: "
+        "worse); 'information in z' is decided by the KL change, by the MI change where free bits "
+        "floor the KL; what z adds is the decoder alone's NLL minus the cell's, paired.")
+
+
+def phase_table(grid: pd.DataFrame) -> tuple[list[str], list[list[str]], str] | None:
+    """The aggressive objectives' phase per cell. -> (header, rows, caption), None without one"""
+    if "phase_epochs" not in grid or grid["phase_epochs"].isna().all():
+        return None
+    rows = [[f"`{r.objective}`", f"`{r.rung}`", f"{r.phase_epochs:g} of {r.phase_of_epochs:g}",
+             f"{r.inner_steps:.1f} (cap {r.inner_cap:g})", f"{r.valid_mi_last_nats:.2f} (cap {r.valid_mi_cap_nats:.2f})"]
+            for r in grid[grid["phase_epochs"].notna()].itertuples()]
+    return (["objective", "rung", "phase epochs of epochs trained", "encoder steps per decoder step",
+             "validation MI at the last epoch (nats)"], rows,
+            "The aggressive phase, mean over seeds: how many epochs it lasted, the encoder steps it "
+            "took per decoder step against their cap, and the validation MI that ends it against the "
+            "estimator's cap log M.")
 
 
 def aggressive_phase(data, run: str, objective) -> dict[str, float]:
@@ -136,70 +191,75 @@ def aggressive_phase(data, run: str, objective) -> dict[str, float]:
             "valid_mi_last_nats": float(np.mean(mi)), "valid_mi_cap_nats": math.log(m)}
 
 
-def _change_words(r) -> str:
-    word = {"above": "worse", "below": "better"}.get(_side(r, "nll_change"), "unresolved")
-    spread = "" if pd.isna(r.nll_change_lo) else f" [{r.nll_change_lo:+.2f}, {r.nll_change_hi:+.2f}]"
-    return f"{r.nll_change_nats:+.2f}{spread} nats, {word}"
+CELL_TABLE = "table 'The grid, cell by cell'"
 
 
-MI_AT_CAP_NATS = 0.05  # a validation MI this close to its cap log M can only creep up
+def _grouped(pairs: dict[str, list[str]]) -> str:
+    """'`beta` at `mlp`, `gated_5`; `free_bits` at `mlp`', or 'none'."""
+    return "; ".join(f"`{o}` at {backticked(r)}" for o, r in pairs.items() if r) or "none"
 
 
-def _mi_words(r) -> str:
-    """The MI of a cell against the reference cell: the information z carries, beside the KL
-    (its upper bound, the rate). An MI within MI_BOUND_MARGIN of its cap log M is only a lower
-    bound: compared only where it is the higher one."""
+def information_side(r) -> str:
+    """Does a cell keep more information in z than the reference cell of its power: 'above',
+    'below', 'unresolved' by the Welch interval of its KL change, of its MI change where free
+    bits floor the KL; 'capped' where that MI comparison meets the estimator's cap log M (an MI
+    within MI_BOUND_MARGIN of it is a lower bound: the reference's, or the cell's unless it is the
+    higher one, makes the comparison meaningless)."""
+    if not r.kl_floor_nats > 0:
+        return _side(r, "kl_change")
+    side = _side(r, "mi_change")
     reference_mi = r.mi_nats - r.mi_change_nats
     bounded = r.mi_cap_nats - r.mi_nats < MI_BOUND_MARGIN
-    shown = ("≥ " if bounded else "") + pm(r.mi_nats, r.mi_nats_std)
-    word = {"above": "more", "below": "less"}.get(_side(r, "mi_change"), "unresolved")
-    if r.mi_cap_nats - reference_mi < MI_BOUND_MARGIN or (bounded and word != "more"):
-        return (f"MI {shown}, {r.mi_change_nats:+.2f}, not compared: within {MI_BOUND_MARGIN} nats "
-                f"of the estimate's cap log M = {r.mi_cap_nats:.2f}, a lower bound")
-    return f"MI {shown}, {r.mi_change_nats:+.2f}, {word}" + (" (a lower bound)" if bounded else "")
+    return "capped" if r.mi_cap_nats - reference_mi < MI_BOUND_MARGIN or (bounded and side != "above") else side
 
 
 def objectives_claim(grid: pd.DataFrame) -> Claim | None:
-    """For each objective but the reference: the powers where it keeps more KL than the ELBO
-    (the Welch interval of the change above 0), with the NLL_IW change there."""
+    """For each objective but the reference: the powers where it keeps more information in z than
+    the ELBO, and where less (`information_side`). The numbers are the grid table's."""
     if grid.empty:
         return None
     objectives = list(dict.fromkeys(grid["objective"]))
-    reference, parts, numbers = objectives[0], [], {}
+    reference, numbers = objectives[0], {}
     for objective in objectives[1:]:
         rows = grid[grid["objective"] == objective]
-        floor = float(rows["kl_floor_nats"].max()) if "kl_floor_nats" in rows else 0.0
-        by = "mi_change" if floor > 0 and "mi_change_lo" in rows else "kl_change"  # a floored rate says nothing
-        side = pd.Series([_side_of(lo, hi) for lo, hi in zip(rows[f"{by}_lo"], rows[f"{by}_hi"])],
-                         index=rows.index)
-        more, less = rows[side == "above"], rows[side == "below"]
-        numbers[objective] = {"more_kl_at": list(more["rung"]), "less_kl_at": list(less["rung"]),
-                              "judged_by": "mi" if by == "mi_change" else "kl", "kl_floor_nats": floor}
-        floored = (f" (judged by MI: free bits floor its KL at {floor:.2f} nats by construction)"
-                   if by == "mi_change" else "")
-        if more.empty:
-            text = f"`{objective}` keeps more information in z than `{reference}` at no power{floored}"
-        else:
-            text = (f"`{objective}` keeps more information in z than `{reference}`{floored} at "
-                    + "; ".join(f"`{r.rung}` (KL {pm(r.kl_nats, r.kl_nats_std)} nats, "
-                                f"{r.kl_change_nats:+.2f} against `{reference}`; {_mi_words(r)}; "
-                                "NLL_IW change "
-                                f"{_change_words(r)})"
-                                for r in more.itertuples()))
-        if len(less):
-            text += f", and less at {', '.join(f'`{r}`' for r in less['rung'])}"
-        parts.append(text)
-    head = (f"The grid, {grid['rung'].nunique()} powers x {len(objectives)} objectives (more "
-            f"information in z: the 95 % Welch interval of the KL change against the `{reference}` "
-            "cell of the same power above 0; NLL_IW change paired per image and seed against that "
-            "cell, positive when worse): ")
+        side = [information_side(r) for r in rows.itertuples()]
+        floor = float(rows["kl_floor_nats"].max())
+        numbers[objective] = {**{f"{k}_at": [r for r, w in zip(rows["rung"], side) if w == word]
+                                 for k, word in (("more_kl", "above"), ("less_kl", "below"), ("capped", "capped"))},
+                              "judged_by": "mi" if floor > 0 else "kl", "kl_floor_nats": floor}
+    by_mi = [o for o, n in numbers.items() if n["judged_by"] == "mi"]
+    capped = {o: n["capped_at"] for o, n in numbers.items()}
+    text = (f"Against the `{reference}` cell of the same power (Welch 95 %"
+            + (f"; by MI for {backticked(by_mi)}, whose KL free bits floor" if by_mi else "")
+            + "), more information in z: "
+            + _grouped({o: n["more_kl_at"] for o, n in numbers.items()})
+            + "; less: " + _grouped({o: n["less_kl_at"] for o, n in numbers.items()})
+            + (f"; not compared, MI at the estimator's cap: {_grouped(capped)}" if any(capped.values()) else "")
+            + f"; elsewhere unresolved ({CELL_TABLE}).")
     numbers["cells"] = grid.to_dict("records")  # the whole grid, as data
-    return Claim("grid_objectives", head + "; ".join(parts) + ".", numbers)
+    return Claim("grid_objectives", text, numbers)
+
+
+def likelihood_claim(grid: pd.DataFrame) -> Claim | None:
+    """What each objective costs in likelihood: its NLL_IW against the ELBO cell of the same
+    power, paired per test image and seed."""
+    others = grid[grid["objective"] != grid["objective"].iloc[0]] if not grid.empty else grid
+    if others.empty:
+        return None
+    side = pd.Series([_side_of(lo, hi) for lo, hi in zip(others["nll_change_lo"], others["nll_change_hi"])],
+                     index=others.index)
+    worse = {o: list(g["rung"]) for o, g in others[side == "above"].groupby("objective", sort=False)}
+    better = {o: list(g["rung"]) for o, g in others[side == "below"].groupby("objective", sort=False)}
+    text = (f"NLL_IW against the `{grid['objective'].iloc[0]}` cell of the same power (paired per test "
+            f"image and seed, 95 %): worse with {_grouped(worse)}; better with {_grouped(better)}; "
+            f"elsewhere unresolved ({CELL_TABLE}).")
+    return Claim("grid_likelihood", text, {"worse_at": worse, "better_at": better})
 
 
 def aggressive_claim(grid: pd.DataFrame) -> Claim | None:
-    """What the aggressive objectives' phase did at each power: epochs on, encoder steps per
-    decoder step against the cap, and whether the MI that ends the phase sat at its own cap."""
+    """Whether the aggressive objectives' phase was bound by its caps: every inner loop at the
+    cap of encoder steps, or a phase that never ended while the MI that ends it sat at the
+    estimator's own cap log M. The phase lengths are the aggressive table's."""
     if grid.empty or "phase_epochs" not in grid:
         return None
     rows = grid[grid["phase_epochs"].notna()]
@@ -215,20 +275,16 @@ def aggressive_claim(grid: pd.DataFrame) -> Claim | None:
         numbers[objective] = {"phase_epochs": dict(zip(cells["rung"], cells["phase_epochs"])),
                               "inner_steps": dict(zip(cells["rung"], cells["inner_steps"])),
                               "capped_at": capped, "mi_at_cap_at": list(near["rung"])}
-        text = (f"`{objective}` (at most {cap} encoder steps per decoder step): its phase lasted "
-                "(mean over seeds) " + ", ".join(f"{r.phase_epochs:g} of {r.phase_of_epochs:g} epochs at `{r.rung}` "
-                            f"({r.inner_steps:.1f} encoder steps per decoder step)" for r in cells.itertuples()))
-        if capped:
-            text += (f"; every inner loop ran to the cap at {', '.join(f'`{r}`' for r in capped)}, "
-                     "where the encoder may have been stopped while its loss was still falling")
+        text = f"`{objective}` (at most {cap} encoder steps per decoder step): "
+        text += (f"every inner loop hit the cap at {backticked(capped)}, so the encoder may have stopped "
+                 "with its loss still falling" if capped else "no power had every inner loop at the cap")
         if len(near):
-            r = near.iloc[0]
-            text += (f"; at {', '.join(f'`{x}`' for x in near['rung'])} the phase never ended while "
-                     f"the validation MI that ends it sat within {MI_AT_CAP_NATS} nats of its cap "
-                     f"log M = {r.valid_mi_cap_nats:.2f}, where the estimate can only creep up")
+            text += (f"; at {backticked(near['rung'])} the phase never ended, its validation MI within "
+                     f"{MI_AT_CAP_NATS} nats of the estimator's cap log M = "
+                     f"{near['valid_mi_cap_nats'].iloc[0]:.2f}")
         parts.append(text)
-    return Claim("grid_aggressive_phase", "Aggressive inference-network training: " + "; ".join(parts) + ".",
-                 numbers)
+    return Claim("grid_aggressive_phase", "Aggressive training, " + "; ".join(parts)
+                 + " (table 'The aggressive phase').", numbers)
 
 
 def top_against_alone(grid: pd.DataFrame) -> Claim | None:
@@ -238,22 +294,17 @@ def top_against_alone(grid: pd.DataFrame) -> Claim | None:
         return None
     top = with_twin[with_twin["power"] == with_twin["power"].max()]
     first = top.iloc[0]
-    words = {}
-    for r in top.itertuples():
-        words[r.objective] = {"above": "better", "below": "worse"}.get(_side(r, "z_adds_iw"), "unresolved")
+    words = {r.objective: {"above": "better", "below": "worse"}.get(_side(r, "z_adds_iw"), "unresolved")
+             for r in top.itertuples()}
     better = [o for o, w in words.items() if w == "better"]
-    than = {"better": "better than the decoder alone", "worse": "worse than the decoder alone",
-            "unresolved": "unresolved against the decoder alone"}
-    listed = "; ".join(f"`{r.objective}` {pm(r.nll_iw_nats, r.nll_iw_nats_std)} (what z adds "
-                       f"{pm(r.z_adds_iw_nats, r.z_adds_iw_std)}: {than[words[r.objective]]})"
-                       for r in top.itertuples())
+    worse = [o for o, w in words.items() if w == "worse"]
     alone = first.twin if isinstance(first.twin, str) else "independent pixels"
-    verdict = (f"{', '.join(f'`{o}`' for o in better)} give{'s' if len(better) == 1 else ''} a better "
-               "NLL_IW than the decoder alone (95 % paired interval)" if better else
-               "no objective gives a better NLL_IW than the decoder alone at 95 %")
-    text = (f"At the strongest rung `{first.rung}`, {verdict}: the decoder alone (`{alone}`) "
-            f"scores NLL {first.nll_alone_nats:.2f} nats; NLL_IW (mean ± std over seeds, and what z "
-            f"adds, paired per test image) by objective: {listed}.")
+    verdict = (f"{backticked(better)} give{'s' if len(better) == 1 else ''} a better NLL_IW than the "
+               "decoder alone" if better else "no objective gives a better NLL_IW than the decoder alone")
+    text = (f"At the strongest rung `{first.rung}`, {verdict} (`{alone}`, {first.nll_alone_nats:.2f} nats; "
+            "what z adds paired per test image, 95 %)"
+            + (f"; {backticked(worse)} {'is' if len(worse) == 1 else 'are'} worse" if worse else "")
+            + f" ({CELL_TABLE}).")
     return Claim("grid_top_against_alone", text, {"rung": first.rung, "better": better, "words": words})
 
 

@@ -220,7 +220,11 @@ def top_table(results: pd.DataFrame) -> Table | None:
     trend = claims.trend_rungs(results)
     if trend.empty:
         return None
-    top = list(trend["rung"])[-2:]
+    grid = "objective" in results and results["objective"].nunique() > 1
+    if grid:  # a grid study: the strongest rung under every objective
+        top = list(results.loc[results["decoder"] == trend["decoder"].iloc[-1], "rung"])
+    else:
+        top = list(trend["rung"])[-2:]
     twins = [t for t in results.get("twin", pd.Series(dtype=object)).where(results["rung"].isin(top)).dropna()
              if t in set(results["rung"])]
     chosen = results[results["rung"].isin(top + twins)].sort_values(["receptive_field", "uses_z"])
@@ -232,9 +236,10 @@ def top_table(results: pd.DataFrame) -> Table | None:
                      "n/a" if no_z else _ci(r, "active_units", 1)])
     return Table(["model", "receptive field (pixels)", "NLL_IW (nats)", "KL (nats)", "MI (nats)",
                   "active units"], rows,
-                 "The top of the power axis: the two strongest trend rungs and their decoders alone "
-                 "(no z), mean and 95 % interval over seeds (Student t), in the form of He et al. "
-                 "2019's Table 1.")
+                 ("The top of the power axis: the strongest rung under each objective"
+                  if grid else "The top of the power axis: the two strongest trend rungs")
+                 + " and the decoder alone (no z), mean and 95 % interval over seeds (Student t), in "
+                 "the form of He et al. 2019's Table 1.")
 
 
 def z_adds_table(results: pd.DataFrame) -> Table | None:
@@ -387,21 +392,13 @@ def ladder_table(data: ReportData, results: pd.DataFrame) -> Table:
 
 
 def grid_tables(data: ReportData, cells: pd.DataFrame) -> list[Table]:
-    """The grid's cells, and its strongest rung per objective beside published remedies."""
-    from stages.report.grid import top_beside_published  # the grid's own module, only for a grid
+    """The grid's cells, its aggressive phases, and its strongest rung per objective beside
+    published remedies."""
+    from stages.report import grid  # the grid's own module, only for a grid
 
-    reference = next(iter(data.params.objectives))
-    rows = [[f"`{r.rung}`", f"`{r.objective}`", pm(r.kl_nats, r.kl_nats_std), pm(r.mi_nats, r.mi_nats_std),
-             pm(r.nll_iw_nats, r.nll_iw_nats_std),
-             "reference" if r.objective == reference else
-             f"{r.nll_change_nats:+.2f}" + ("" if pd.isna(r.nll_change_std) else f" ± {r.nll_change_std:.2f}"),
-             "" if pd.isna(r.z_adds_iw_nats) else pm(r.z_adds_iw_nats, r.z_adds_iw_std)]
-            for r in cells.itertuples()]
-    header, top = top_beside_published(cells, data.remedies)
-    return [Table(["rung", "objective", "KL (nats)", "MI (nats)", "NLL_IW (nats)",
-                   f"NLL_IW change vs `{reference}`", "what z adds by IW"], rows,
-                  "Every cell of the grid, mean ± std over seeds; the NLL_IW change and what z adds "
-                  "(NLL of the decoder alone minus NLL_IW) are paired per test image."),
+    phase = grid.phase_table(cells)
+    header, top = grid.top_beside_published(cells, data.remedies)
+    return [Table(*grid.cell_table(cells)), *([Table(*phase)] if phase else []),
             Table(header, top, "The strongest rung under each objective beside published numbers of "
                   "the same remedy (reference/remedies.csv): other data, decoders and training "
                   "scales, shown for orientation, not as a comparison.")]

@@ -128,7 +128,7 @@ def what_z_adds(z_adds: pd.DataFrame, results: pd.DataFrame) -> Claim | None:
     follows = ("" if pd.isna(rho) else
                f" KL against what z adds: Spearman's rho {rho:.2f}, exact p = {p:.3f} (n = {len(t)}).")
     text = ("What z adds by IW (NLL of the decoder alone minus the VAE's, paired; table 'What z adds, "
-            "rung by rung'): " + "; ".join(f"{w} at {claims._names(g)}" for w, g in groups.items() if g)
+            "rung by rung'): " + "; ".join(f"{w} at {claims.backticked(g)}" for w, g in groups.items() if g)
             + "." + follows)
     return Claim("what_z_adds", text, {"rows": t.to_dict("records"), "spearman_rho_kl_z_adds": rho,
                                        "spearman_p": p})
@@ -172,7 +172,7 @@ def collapse_optimum(z_adds: pd.DataFrame, results: pd.DataFrame) -> Claim | Non
     top_row = next(t.tail(1).itertuples())
     gain, elbo_gap = interval_of(top_row, "z_adds_iw"), interval_of(top_row, "z_adds_elbo")
     kl = claims.kl_interval(top)
-    parts = [f"{words} at {claims._names(groups[word])}" for word, words in (
+    parts = [f"{words} at {claims.backticked(groups[word])}" for word, words in (
         (BETTER, "collapse (q = prior, the decoder alone) is the better ELBO"),
         (WORSE, "the VAE's ELBO is better"), (TIE, "it is unresolved")) if groups[word]]
     need = elbo_gap.seeds_to_resolve(0.0) if top.collapse == TIE else None
