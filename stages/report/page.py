@@ -236,9 +236,10 @@ def top_table(results: pd.DataFrame) -> Table | None:
                      "n/a" if no_z else _ci(r, "active_units", 1)])
     return Table(["model", "receptive field (pixels)", "NLL_IW (nats)", "KL (nats)", "MI (nats)",
                   "active units"], rows,
-                 ("The top of the power axis: the strongest rung under each objective"
-                  if grid else "The top of the power axis: the two strongest trend rungs")
-                 + " and the decoder alone (no z), mean and 95 % interval over seeds (Student t), in "
+                 ("The top of the power axis: the strongest rung under each objective and its "
+                  "decoder alone" if grid else
+                  "The top of the power axis: the two strongest trend rungs and their decoders alone")
+                 + " (no z), mean and 95 % interval over seeds (Student t), in "
                  "the form of He et al. 2019's Table 1.")
 
 
