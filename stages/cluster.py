@@ -286,15 +286,16 @@ def clone_commit(task: Task, clone: Path, cache: Path) -> None:
     frozen_entries_only(clone, task.frozen)
 
 
-def frozen_entries_only(clone: Path, frozen: tuple[str, ...]) -> None:
-    """Drop from the clone's lock files every stage but the frozen ones (whose outputs workers
-    pull, never run). Stages meet through the run-cache alone: a committed lock names outputs of
-    an earlier run that the cluster's remote need not hold, and DVC, failing to pull those, reruns
-    the upstream stage instead of restoring the run another task pushed."""
+def frozen_entries_only(clone: Path, frozen: tuple[str, ...], locks: list[Path] | None = None) -> None:
+    """Drop from the lock files (default: every one in the clone) every stage but the frozen ones
+    (whose outputs workers pull, never run). Stages meet through the run-cache alone: a committed
+    lock names outputs of an earlier run that the cluster's remote need not hold, and DVC, failing
+    to pull those, reruns the stage instead of restoring the run a task pushed (its run-cache
+    restore takes an unchanged stage's lock entry over the run-cache)."""
     from ruamel.yaml import YAML
 
     yaml = YAML()
-    for lock in clone.rglob("dvc.lock"):
+    for lock in clone.rglob("dvc.lock") if locks is None else [p for p in locks if p.exists()]:
         pipeline = lock.relative_to(clone).with_name("dvc.yaml").as_posix()
         prefix = "" if pipeline == "dvc.yaml" else f"{pipeline}:"
         data = yaml.load(lock)
@@ -307,6 +308,7 @@ def reproduce(task: Task, *upstream: dict) -> dict:
     from distributed import Event, get_worker
 
     worker, start = get_worker(), time.perf_counter()
+    worker.log_event(started_topic(task.run_id), {"stage": task.stage, "worker": worker.address})
     scratch = scratch_dir(task)
     (scratch / "clones").mkdir(parents=True, exist_ok=True)
     clone = scratch / "clones" / f"{re.sub(r'[^A-Za-z0-9_-]', '_', task.stage)}-{uuid.uuid4().hex[:8]}"
@@ -361,10 +363,15 @@ def submit(client, order: list[Stage], task: Task) -> dict:
     return futures
 
 
-def watch(client, futures: dict) -> tuple[list[dict], dict[str, str]]:
+def started_topic(run_id: str) -> str:
+    """The scheduler's event topic where a run's tasks say they started executing (the scheduler's
+    `processing` also counts tasks merely queued on a worker)."""
+    return f"vae-study-started-{run_id}"
+
+
+def watch(client, futures: dict, run_id: str) -> tuple[list[dict], dict[str, str]]:
     """Wait for every future, printing each start, finish and failure as it happens."""
-    results, failures, started = [], {}, {}
-    keys = {f.key: name for name, f in futures.items()}
+    results, failures, started, seen = [], {}, {}, 0
     while len(results) + len(failures) < len(futures):
         for name, future in futures.items():
             if name in failures or any(r["stage"] == name for r in results):
@@ -382,11 +389,11 @@ def watch(client, futures: dict) -> tuple[list[dict], dict[str, str]]:
             where = f" on {results[-1]['worker']}" if name not in failures else ""
             verb = f"done ({results[-1]['outcome']})" if name not in failures else "FAILED"
             print(f"[cluster] {verb} {name}{where} [{state}]", flush=True)
-        for worker, running in client.processing().items():
-            for key in running:
-                if keys.get(key) and started.get(keys[key]) != worker:
-                    started[keys[key]] = worker
-                    print(f"[cluster] started  {keys[key]} on {worker}", flush=True)
+        events = client.get_events(started_topic(run_id))
+        for _, event in events[seen:]:  # a task rerun after its worker died starts again elsewhere
+            started[event["stage"]] = event["worker"]
+            print(f"[cluster] started  {event['stage']} on {event['worker']}", flush=True)
+        seen = len(events)
         time.sleep(POLL_S)
     return results, failures
 
@@ -453,9 +460,16 @@ def projected_wall(seconds: dict[str, float], upstream: dict[str, tuple[str, ...
     return max(finish.values(), default=0.0)
 
 
-def finish(root: Path, pipeline: str, in_git: set[str]) -> str:
-    """`dvc repro --pull` in the workspace: everything restores but the git-tracked outputs'
-    stages; then `dvc status` must be clean."""
+def finish(root: Path, pipeline: str, stages: dict[str, Stage]) -> str:
+    """`dvc repro --pull` in the workspace: everything restores from the run-cache but the
+    git-tracked outputs' stages; then `dvc status` must be clean. The workspace's lock files keep
+    only the frozen stages first, as in the workers' clones: a committed entry whose outputs are
+    neither here nor on the remote would make DVC rerun its stage, and one whose outputs are here
+    would keep an earlier run's outputs instead of the cluster's."""
+    pipelines = {n.rpartition(":")[0] or "dvc.yaml" for n in stages}
+    frozen_entries_only(root, tuple(n for n, s in stages.items() if s.frozen),
+                        [root / Path(p).with_name("dvc.lock") for p in sorted(pipelines)])
+    in_git = {n for n, s in stages.items() if s.in_git}
     out = run([sys.executable, "-m", "dvc", "repro", "--pull", pipeline], root)
     print(out, end="", flush=True)
     if recomputed := sorted(set(ran_stages(out)) - in_git):
@@ -486,7 +500,7 @@ def distribute(client, root: Path, pipeline: str, remote: str | None, scratch: s
         print(f"[cluster] {len(order)} stages of {pipeline} at {commit[:12]} on {client.scheduler.address}",
               flush=True)
         try:
-            return (*watch(client, submit(client, order, task)), stages)
+            return (*watch(client, submit(client, order, task), task.run_id), stages)
         except BaseException:
             from distributed import Event
 
@@ -531,7 +545,7 @@ def command(pipeline: str = typer.Argument("dvc.yaml", help="the pipeline file, 
     print(projection(results, stages), flush=True)
     if failures:
         raise StudyError("stages failed:\n" + "\n".join(f"  {n}: {e}" for n, e in sorted(failures.items())))
-    finish(root, pipeline, {n for n, s in stages.items() if s.in_git})
+    finish(root, pipeline, stages)
 
 
 if __name__ == "__main__":

@@ -195,6 +195,11 @@ def test_cluster_outputs_equal_a_serial_repro_of_the_same_commit(project, cluste
     for stage, _, seconds, command, overhead, _ in ROW.findall(out):  # the stage's own time, and the rest
         assert 0 < float(command) < float(seconds) and float(overhead) > 0, (stage, seconds, command)
     assert re.search(r"critical path \d+ s: validate -> binarize -> train@\S+ -> evaluate@\S+\n", out), out
+    # progress: a stage is 'started' when a worker executes it, not when it is queued there, so
+    # no more run at once than the two single-threaded workers, and each starts before it ends
+    assert max(int(n) for n in re.findall(r"(\d+) running", out)) <= 2, out
+    for stage in rows:
+        assert out.index(f"started  {stage} on") < out.index(f"] done (ran) {stage} on"), stage
     assert set(ran_stages(out.split("[cluster]")[-1])) <= {"report"}  # the workspace restored the rest
     ours, theirs = lock_outs(project), lock_outs(serial)
     assert set(ours) == set(theirs)
@@ -206,17 +211,25 @@ def test_cluster_outputs_equal_a_serial_repro_of_the_same_commit(project, cluste
 
 def test_a_committed_lock_whose_outputs_are_not_on_the_remote_is_recomputed_not_an_error(
         project, cluster):
-    """The study's own case: dvc.lock records a finished run whose outputs the cluster's remote
-    lacks. Workers reproduce from the run-cache alone, so each stage runs once, and no task sees
-    an upstream stage recomputed because the commit's lock named outputs it could not pull."""
+    """The study's own case, on a fresh clone: dvc.lock records a finished run whose outputs
+    neither the workspace nor the cluster's remote holds (only the frozen raw data was pushed).
+    Workers reproduce from the run-cache alone, so each stage runs once, no task sees an upstream
+    stage recomputed, and the workspace's last step restores every stage from the run-cache
+    instead of rerunning those whose committed outputs it could not pull."""
     dvc(project, "repro", timeout=SLOW_S)
     sh(project, "git", "add", "-A")
     sh(project, "git", "commit", "-q", "-m", "the study run, its lock and report committed")
     sh(project, "git", "push", "-q", "origin", "HEAD:refs/heads/main")
+    dvc(project, "push", "download")  # the raw data, as a collaborator left it on the remote
+    shutil.rmtree(project / ".dvc" / "cache")
+    shutil.rmtree(project / "data")
+    dvc(project, "pull", "download")  # a fresh clone: its lock, the raw data, nothing else
     _, out = run_cluster(project, "--scheduler", cluster.address)
     rows = outcomes(out)
     assert {"train@linear-0", "evaluate@pixelcnn_2-0"} <= set(rows)
     assert all(outcome == "ran" for outcome, _ in rows.values()), rows
+    last = out.split("[cluster]")[-1]
+    assert set(ran_stages(last)) <= {"report"} and "is cached - skipping run" in last, last
     assert "up to date" in dvc(project, "status").stdout
 
 
