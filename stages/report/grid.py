@@ -114,11 +114,10 @@ def _side_of(lo: float, hi: float) -> str:
 MI_AT_CAP_NATS = 0.05  # a validation MI this close to its cap log M can only creep up
 
 
-def _ci(mean: float, lo: float, hi: float, sign: str = "") -> str:
-    """'mean [lo, hi]' (signed with sign='+'), the mean alone where one seed gives no interval."""
-    def f(v: float) -> str:
-        return f"{0.0 if round(v, 2) == 0 else v:{sign}.2f}"
-    return f(mean) if pd.isna(lo) else f"{f(mean)} [{f(lo)}, {f(hi)}]"
+def _change(r, key: str) -> str:
+    """A cell's change against its reference (`key`_nats, `key`_lo, `key`_hi), signed."""
+    return stats.Interval.from_plain({"mean": getattr(r, f"{key}_nats"), "lo": getattr(r, f"{key}_lo"),
+                                      "hi": getattr(r, f"{key}_hi"), "n": r.n_seeds}).text(sign="+")
 
 
 def _mi_text(r) -> str:
@@ -137,10 +136,10 @@ def cell_table(grid: pd.DataFrame) -> tuple[list[str], list[list[str]], str]:
         first = r.objective == reference
         rows.append([f"`{r.rung}`", f"`{r.objective}`", _interval(r, "kl").text(), _mi_text(r),
                      _interval(r, "nll_iw").text(),
-                     "reference" if first else _ci(r.kl_change_nats, r.kl_change_lo, r.kl_change_hi, "+"),
+                     "reference" if first else _change(r, "kl_change"),
                      "reference" if first else word[information_side(r)] + (" (by MI)" if r.kl_floor_nats > 0 else ""),
-                     "reference" if first else _ci(r.nll_change_nats, r.nll_change_lo, r.nll_change_hi, "+"),
-                     "" if pd.isna(r.z_adds_iw_nats) else _ci(r.z_adds_iw_nats, r.z_adds_iw_lo, r.z_adds_iw_hi, "+")])
+                     "reference" if first else _change(r, "nll_change"),
+                     "" if pd.isna(r.z_adds_iw_nats) else _change(r, "z_adds_iw")])
     header = ["rung", "objective", "KL (nats)", "MI (nats)", "NLL_IW (nats)", f"KL change vs `{reference}`",
               "information in z", f"NLL_IW change vs `{reference}`", "what z adds by IW"]
     return header, rows, (

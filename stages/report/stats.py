@@ -91,10 +91,10 @@ class Interval:
                 return n
         return MAX_SEEDS + 1
 
-    def text(self, digits: int = 2, unit: str = "") -> str:
-        """'mean [lo, hi]unit', the mean alone with one seed; never '-0.00'."""
+    def text(self, digits: int = 2, unit: str = "", sign: str = "") -> str:
+        """'mean [lo, hi]unit', the mean alone with one seed; never '-0.00'; sign='+' for changes."""
         def f(v: float) -> str:
-            return f"{0.0 if round(v, digits) == 0 else v:.{digits}f}"
+            return f"{0.0 if round(v, digits) == 0 else v:{sign}.{digits}f}"
 
         body = f(self.mean) if not self.known else f"{f(self.mean)} [{f(self.lo)}, {f(self.hi)}]"
         return body + unit
