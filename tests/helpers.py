@@ -211,8 +211,19 @@ class InterruptedSplit(Split):
             if seen != self._seen:  # written since it was last read: one more epoch saved
                 self._seen = seen
                 if load_checkpoint(self.resume)["epoch"] >= self.after_epoch:
-                    signal.raise_signal(signal.SIGINT)
+                    _ctrl_c()
         return super().images(index, generator)
+
+
+def _ctrl_c() -> None:
+    """A real SIGINT to this process, handled as at a terminal. Python keeps SIGINT ignored when it
+    starts ignored (any launch with `&` or `nohup`), and then the signal would do nothing; so
+    Python's own handler is in place while it is raised (raise_signal runs it before returning)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def interrupted(split: Split, resume: Path, after_epoch: int = 1) -> InterruptedSplit:
