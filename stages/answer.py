@@ -22,8 +22,8 @@ from stages.fsutil import write_text
 from stages.options import ROOT
 
 BEGIN, END = "<!-- answer:begin (vae-study answer writes this block) -->", "<!-- answer:end -->"
-STUDIES = (("default", "reports", "5 epochs"), ("early-stopped", "reports/long", "patience 4, cap 50 epochs"),
-           ("grid", "reports/grid", "5 epochs, ELBO cells"))
+STUDIES = (("default", "reports", "params.yaml"), ("long", "reports/long", "profiles/long/params.yaml"),
+           ("grid", "reports/grid", "profiles/grid/params.yaml"))  # (name, its reports, its params)
 
 
 def _ci(row: pd.Series, mean: str, std: str) -> str:
@@ -41,15 +41,26 @@ def top_rows(results: pd.DataFrame) -> pd.DataFrame:
     return trend.tail(2)
 
 
+def schedule(params: Path) -> str:
+    """A study's training schedule, as its params file sets it."""
+    from stages.params import load_params
+
+    train = load_params(params).train
+    if train.patience is None:
+        return f"{train.epochs} epochs"
+    return f"early-stopped, patience {train.patience}, cap {train.epochs} epochs"
+
+
 def cross_study_table(root: Path) -> str:
     lines = ["| study | rung | seeds | KL (nats) | NLL_IW (nats) | z adds by IW (nats) |",
              "|---|---|---:|---:|---:|---:|"]
-    for name, folder, schedule in STUDIES:
+    for name, folder, params in STUDIES:
         path = root / folder / "results.csv"
         if not path.exists():
             continue
+        label = f"{name} ({schedule(root / params)})" if (root / params).exists() else name
         for _, row in top_rows(pd.read_csv(path)).iterrows():
-            lines.append(f"| {name} ({schedule}) | `{row['rung']}` | {int(row['n_seeds'])} | "
+            lines.append(f"| {label} | `{row['rung']}` | {int(row['n_seeds'])} | "
                          f"{_ci(row, 'kl_nats', 'kl_nats_std')} | {_ci(row, 'nll_iw_nats', 'nll_iw_nats_std')} | "
                          f"{_ci(row, 'z_adds_iw_nats', 'z_adds_iw_std')} |")
     return "\n".join(lines)
@@ -65,9 +76,8 @@ def render(root: Path) -> str:
         raise DataError(f"{claims}: no abstract to state ({e}); render the report first (`dvc repro`)") from None
     return "\n\n".join([
         BEGIN, " ".join(answer["sentences"]), f"*{answer['scope']}*",
-        "The top of the power axis in each committed study (mean [95 % interval] over seeds; the "
-        "early-stopped and grid reports were made by the code of their own commits, see their "
-        "dvc.lock):", cross_study_table(root), END])
+        "The top of the power axis in each committed study (mean [95 % interval] over seeds; each "
+        "study's report opens with its scope and the machine it ran on):", cross_study_table(root), END])
 
 
 def block_of(readme: str) -> str | None:

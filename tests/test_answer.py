@@ -10,6 +10,7 @@ import pytest
 
 from stages import answer
 from stages.errors import DataError
+from stages.params import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,9 +40,17 @@ def test_the_cross_study_table_reads_each_studys_top_rungs(tmp_path):
         "rung,role,power,n_seeds,kl_nats,kl_nats_std,nll_iw_nats,nll_iw_nats_std\n"
         "a,trend,1,3,5.0,1.0,90.0,0.5\nb,trend,2,3,2.0,0.5,88.0,0.5\nc,trend,3,3,2.19,0.58,87.0,0.5\n"
         "c_alone,no z,3,3,0.0,0.0,88.0,0.5\n")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text().replace("epochs: 5", "epochs: 7", 1))
     table = answer.cross_study_table(tmp_path)
-    assert "| default (5 epochs) | `c` | 3 | 2.19 [0.75, 3.63] | 87.00 [85.76, 88.24] | n/a |" in table
+    assert "| default (7 epochs) | `c` | 3 | 2.19 [0.75, 3.63] | 87.00 [85.76, 88.24] | n/a |" in table
     assert "`b`" in table and "`a`" not in table and "c_alone" not in table
+    (tmp_path / "reports/long").mkdir()
+    shutil.copy(tmp_path / "reports/results.csv", tmp_path / "reports/long/results.csv")
+    (tmp_path / "profiles/long").mkdir(parents=True)
+    shutil.copy(REPO / "profiles/long/params.yaml", tmp_path / "profiles/long/params.yaml")
+    train = load_params(REPO / "profiles/long/params.yaml").train
+    assert (f"| long (early-stopped, patience {train.patience}, cap {train.epochs} epochs) | `c` |"
+            in answer.cross_study_table(tmp_path))
 
 
 def test_every_sentence_of_the_committed_reports_is_short_enough_to_read():
