@@ -261,7 +261,7 @@ def test_the_collapse_optimum_groups_rungs_by_their_paired_interval_and_reads_th
     assert "the VAE's ELBO is better at `r0`, `r1`, `r2`, `r3`, `r4`, `r5`" in nowhere.text
     tied = claims_of_z(results, [30.0, 40.0, 5.0, 2.0, 1.0, 0.1])
     assert tied.numbers["unresolved"] == ["r5"] and tied.numbers["top_seeds_to_resolve"] == 7
-    assert "(about 7 seeds would resolve it at this spread)" in tied.text
+    assert "by the ELBO (for the ELBO comparison, about 7 seeds would resolve it at this spread)" in tied.text
     collapsed = claims_of_z(table([20.0, 25.0, 9.0, 0.2], std=[0.2, 0.2, 0.2, 0.1]), [3.0, 3.0, 1.0, -1.0])
     assert collapsed.numbers["top_verdict"] == claims.COLLAPSED  # KL 0.20 [-0.05, 0.45] against 1 nat
     assert collapsed.numbers["top_kl"]["hi"] == pytest.approx(0.2 + 4.303 * 0.1 / 3**0.5, abs=1e-3)

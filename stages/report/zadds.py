@@ -178,7 +178,7 @@ def collapse_optimum(z_adds: pd.DataFrame, results: pd.DataFrame) -> Claim | Non
     need = elbo_gap.seeds_to_resolve(0.0) if top.collapse == TIE else None
     text = ("Against the decoder alone (paired 95 % intervals): " + "; ".join(parts)
             + f". At the top, `{top.rung}`, z adds {gain.text()} nats by IW and {elbo_gap.text()} by the ELBO"
-            + (f" ({stats.seed_word(need)})" if top.collapse == TIE else "") + ".")
+            + (f" (for the ELBO comparison, {stats.seed_word(need)})" if top.collapse == TIE else "") + ".")
     return Claim("collapse_optimum", text, {
         "better": groups[BETTER], "worse": groups[WORSE], "unresolved": groups[TIE],
         "first_rung": groups[BETTER][0] if groups[BETTER] else None, "top_rung": top.rung,
