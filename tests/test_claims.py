@@ -146,6 +146,12 @@ def test_training_order_reports_a_late_swap_as_unstable_and_a_fixed_order_as_sta
     assert "`r0`/`r1` trade places" in c.text
 
 
+def test_training_order_with_two_trend_rungs_says_why_it_has_no_rho():
+    c = claims.training_order(table([30.0, 4.0]), history({"r0": [20, 25, 28, 30], "r1": [1, 2, 3, 4]}))
+    assert all(pd.isna(rho) for rho in c.numbers["rho_per_epoch"])
+    assert "is not computed (2 trend rungs: a rank correlation needs at least 3)" in c.text
+
+
 def test_rungs_within_seed_spread_that_swap_are_ties_not_instability():
     results = table([30.0, 25.0, 2.1, 2.0])
     noisy = history({"r0": [20, 25, 28, 30], "r1": [15, 20, 23, 25], "r2": [1.0, 2.0, 1.9, 2.1],

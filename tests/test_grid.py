@@ -75,7 +75,7 @@ def test_the_grid_report_shows_each_objective_against_the_elbo_at_each_power(tmp
     assert phase["numbers"]["aggressive"]["mi_at_cap_at"] == ["mlp"]
     assert "every inner loop hit the cap at `mlp`, so the encoder may" in phase["text"]
     assert "at `mlp` the phase never ended, its validation MI within 0.05 nats" in phase["text"]
-    assert "cap log M = 9.21" in phase["text"]
+    assert "cap log M = 9.21 (M = 10,000 validation posteriors)" in phase["text"]
     top = found["grid_top_against_alone"]
     assert top["numbers"]["rung"] == "pixelcnn_2" and top["numbers"]["better"] == []
     assert top["numbers"]["words"] == {"elbo": "worse", "beta": "worse", "aggressive": "worse"}

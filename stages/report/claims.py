@@ -263,7 +263,9 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
              f"{epochs[-1]} and {int(reached.index.max())})" if ragged else "")
     rho_values = [v for v in rhos.values() if not pd.isna(v)]
     rho_range = (f"between {min(rho_values):.2f} and {max(rho_values):.2f}, {rhos[epochs[-1]]:.2f} at the "
-                 "last" if rho_values else "undefined")
+                 "last" if rho_values else
+                 f"not computed ({len(names)} trend rungs: a rank correlation needs at least 3)"
+                 if len(names) < 3 else "undefined in every epoch (tied KL)")
     text = (f"Training length: over epochs {epochs[0]}-{epochs[-1]}{reach}, rho between receptive field "
             f"and mean validation KL is {rho_range}; the order of the rungs changes {changes} time(s). ")
     if len(last) < 2:

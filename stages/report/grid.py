@@ -280,7 +280,8 @@ def aggressive_claim(grid: pd.DataFrame) -> Claim | None:
         if len(near):
             text += (f"; at {backticked(near['rung'])} the phase never ended, its validation MI within "
                      f"{MI_AT_CAP_NATS} nats of the estimator's cap log M = "
-                     f"{near['valid_mi_cap_nats'].iloc[0]:.2f}")
+                     f"{near['valid_mi_cap_nats'].iloc[0]:.2f} (M = "
+                     f"{round(math.exp(near['valid_mi_cap_nats'].iloc[0])):,} validation posteriors)")
         parts.append(text)
     return Claim("grid_aggressive_phase", "Aggressive training, " + "; ".join(parts)
                  + " (table 'The aggressive phase').", numbers)
