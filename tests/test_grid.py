@@ -202,3 +202,11 @@ def test_free_bits_are_judged_by_mi_because_their_kl_is_floored_by_construction(
                                      "kl_floor_nats": 8.0}
     assert claim.numbers["beta"]["more_kl_at"] == ["a"]  # no floor: its KL is information it chose
     assert "by MI for `free`, whose KL free bits floor" in claim.text
+
+
+def test_the_aggressive_phase_table_rounds_mean_epochs_over_seeds():
+    cells = pd.DataFrame([{"objective": "aggressive", "rung": "gated_5", "phase_epochs": 10 / 3,
+                           "phase_of_epochs": 5.0, "inner_steps": 5.0, "inner_cap": 6.0,
+                           "valid_mi_last_nats": 2.49, "valid_mi_cap_nats": 6.91}])
+    _, rows, _ = grid.phase_table(cells)
+    assert rows == [["`aggressive`", "`gated_5`", "3.33 of 5", "5.0 (cap 6)", "2.49 (cap 6.91)"]]

@@ -153,7 +153,7 @@ def phase_table(grid: pd.DataFrame) -> tuple[list[str], list[list[str]], str] | 
     """The aggressive objectives' phase per cell. -> (header, rows, caption), None without one"""
     if "phase_epochs" not in grid or grid["phase_epochs"].isna().all():
         return None
-    rows = [[f"`{r.objective}`", f"`{r.rung}`", f"{r.phase_epochs:g} of {r.phase_of_epochs:g}",
+    rows = [[f"`{r.objective}`", f"`{r.rung}`", f"{r.phase_epochs:.3g} of {r.phase_of_epochs:.3g}",
              f"{r.inner_steps:.1f} (cap {r.inner_cap:g})", f"{r.valid_mi_last_nats:.2f} (cap {r.valid_mi_cap_nats:.2f})"]
             for r in grid[grid["phase_epochs"].notna()].itertuples()]
     return (["objective", "rung", "phase epochs of epochs trained", "encoder steps per decoder step",
