@@ -320,10 +320,15 @@ def test_mi_estimates_near_their_cap_are_named_lower_bounds():
     assert "every estimate is more than 0.5 nats below it" in claims.mutual_information(far).text
 
 
-def test_the_bound_gap_is_called_monotone_only_when_it_is():
+def test_the_bound_gap_steps_are_decided_at_95_percent_and_equal_fields_are_a_tie():
     assert "shrinks at every step" in claims.bound_gap(table([30, 20, 9, 4])).text
-    bumpy = table([30, 20, 9, 4], gaps=[5.0, 3.0, 4.0, 1.0])
-    assert "is not monotone" in claims.bound_gap(bumpy).text
+    tie = table([30, 20, 9, 4], gaps=[5.0, 10.0, 3.0, 2.0])  # r0/r1 share receptive field 0
+    assert "shrinks at every step" in claims.bound_gap(tie).text
+    bumpy = claims.bound_gap(table([30, 20, 9, 4], gaps=[5.0, 5.0, 3.0, 4.0]))
+    assert "shrinks at `r0`/`r1` -> `r2`; it grows at `r2` -> `r3`" in bumpy.text
+    assert bumpy.numbers["step_words"] == ["falls", "rises"]
+    within_seeds = claims.bound_gap(table([30, 20, 9, 4], gaps=[5.0, 5.0, 3.0, 2.9]))
+    assert "is flat at `r2` -> `r3`" in within_seeds.text  # 0.1 nats apart at std 0.1 over 3 seeds
 
 
 def test_numbers_are_shown_with_their_spread_and_never_as_negative_zero():
