@@ -77,7 +77,7 @@ def render(root: Path) -> str:
     return "\n\n".join([
         BEGIN, " ".join(answer["sentences"]), f"*{answer['scope']}*",
         "The top of the power axis in each committed study (mean [95 % interval] over seeds; each "
-        "study's report opens with its scope and the machine it ran on):", cross_study_table(root), END])
+        "study's report gives its scope):", cross_study_table(root), END])
 
 
 def block_of(readme: str) -> str | None:
