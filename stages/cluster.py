@@ -225,7 +225,8 @@ def task_env(task: Task, clone: Path, worker_name) -> dict[str, str]:
 
 class StageClock:
     """When DVC starts and ends the stage's own command, read from the log as DVC writes it (to
-    POLL_S): the rest of a task's time (clone, pulls, DVC's start-up, push) is the cluster's."""
+    POLL_S: a command that starts and ends between two reads counts 0 s): the rest of a task's
+    time (clone, pulls, DVC's start-up, push) is the cluster's."""
 
     def __init__(self, log: Path, stage: str):
         self.log, self.marker, self.text = log, f"Running stage '{stage}'", ""
