@@ -4,16 +4,17 @@ A named study `<name>` lives in profiles/<name>/: its params.yaml (every key req
 root params.yaml) and its dvc.yaml, which is derived from the root dvc.yaml by `pipeline()`:
 every stage but download, run from the project root (`wdir`), with `--params
 profiles/<name>/params.yaml --study <name>`, its outputs under data/<name>/ and reports/<name>/
-(`stages.layout.Layout(study=...)`), and its report compared with the default study's results
-table. `dvc repro profiles/<name>/dvc.yaml` reproduces it and keeps its own dvc.lock; the root
+(`stages.layout.Layout(study=...)`). Its report reads its own runs alone: a report that compared
+with the default study's results table would make `dvc repro profiles/<name>/dvc.yaml` rerun
+the whole default study first wherever that is stale (on every fresh clone), so the comparison
+across studies is `vae-study answer`'s, from the committed reports.
+`dvc repro profiles/<name>/dvc.yaml` reproduces it and keeps its own dvc.lock; the root
 `dvc repro` never runs it. `vae-study study-pipeline <name>` rewrites the file after dvc.yaml
 changes (a test keeps the two in step).
 
 A grid study (its params have an `objectives` section, `stages.params.expand_grid`) trains and
 evaluates every rung with z under every objective and each rung without z once: its train and
-evaluate stages are generated per run and seed (`grid_stage`), and its report, whose runs share
-no name with the default study's, is not compared with it (so the grid never waits on the
-default study either). After adding a rung or an
+evaluate stages are generated per run and seed (`grid_stage`). After adding a rung or an
 objective to its params, rerun `vae-study study-pipeline <name>` (its validate stage refuses to
 run a pipeline that no longer matches the params).
 """
@@ -32,7 +33,6 @@ from stages.layout import Layout
 from stages.options import ROOT
 from stages.paramsfile import read_yaml
 
-BASELINE = "reports/results.csv"  # the default study's results table, which a study compares with
 HEADER = """\
 # The {name} study (profiles/{name}/params.yaml): the default pipeline's stages with that params
 # file, writing data/{name}/ and reports/{name}/. Run from the project root:
@@ -90,7 +90,6 @@ def pipeline(default: dict[str, Any], study: str, params: Any = None) -> dict[st
     of a grid study (an `objectives` section), its train and evaluate stages per grid run."""
     Layout(Path("."), study)  # refuses a bad study name
     params_file = f"profiles/{study}/params.yaml"
-    grid = params is not None and bool(params.cells)  # its runs share no name with the default's
     stages = {}
     for name, stage in default["stages"].items():
         if name == "download":
@@ -100,8 +99,6 @@ def pipeline(default: dict[str, Any], study: str, params: Any = None) -> dict[st
             if key == "cmd":  # one command line or a list of them, each run with the study's files
                 commands = [f"{c} --params {params_file} --study {study}"
                             for c in (value if isinstance(value, list) else [value])]
-                if name == "report" and not grid:
-                    commands[-1] += f" --compare-with {BASELINE}"
                 value = commands if isinstance(value, list) else commands[0]
             elif key == "params":
                 value = [{params_file: value}]
@@ -109,10 +106,8 @@ def pipeline(default: dict[str, Any], study: str, params: Any = None) -> dict[st
                 value = _paths(value, study)
                 if key == "deps":  # the params file as a whole (the validate stage's input)
                     value = [params_file if v == "params.yaml" else v for v in value]
-                if key == "deps" and name == "report" and not grid:
-                    value = [*value, BASELINE]
             s[key] = value
-        if params is not None and params.cells:
+        if params is not None and params.cells:  # a grid study
             if "matrix" in s:
                 s = grid_stage(s, params.cells, params.seeds)
             elif name == "report":
