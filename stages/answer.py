@@ -4,7 +4,9 @@ The README opens with the default study's abstract and scope (reports/claims.jso
 `stages.report.abstract`) and one table of the top of the power axis in every committed study:
 the default, the early-stopped one (reports/long) and the grid (reports/grid, its ELBO cells).
 Each row is read from that study's results.csv, each number with its 95 % interval over seeds
-(`stages.report.stats`). The block sits between two markers; `tests/test_answer.py` fails when it
+(`stages.report.stats`). A second table sets the early-stopped study's KL beside the default's,
+rung by rung, with the change's Welch interval: what training longer does to the information in
+z (no study's report reads another's, so that `dvc repro` of one never reruns another). The block sits between two markers; `tests/test_answer.py` fails when it
 is not what the committed reports say, so the README cannot drift from them. Not a DVC stage:
 run it after committing a study's report.
 """
@@ -66,6 +68,29 @@ def cross_study_table(root: Path) -> str:
     return "\n".join(lines)
 
 
+def training_length_table(root: Path) -> str | None:
+    """KL at every rung with z that both the default and the early-stopped study trained, in
+    order of power: each study's mean [95 % t interval], and the change (early-stopped minus
+    default) with its 95 % Welch interval (independent seeds)."""
+    from stages.report.stats import Interval, difference
+
+    paths = [root / folder / "results.csv" for name, folder, _ in STUDIES if name in ("default", "long")]
+    if not all(p.exists() for p in paths):
+        return None
+    default, long = (pd.read_csv(p).set_index("rung") for p in paths)
+    shared = [r for r in long.sort_values("power").index
+              if r in default.index and bool(long.loc[r, "uses_z"]) and bool(default.loc[r, "uses_z"])]
+    if not shared:
+        return None
+    lines = ["| rung | role | KL, default (nats) | KL, long (nats) | change, long - default (nats) |",
+             "|---|---|---:|---:|---:|"]
+    for r in shared:
+        a, b = (Interval.of(float(t.loc[r, "kl_nats"]), float(t.loc[r, "kl_nats_std"]), int(t.loc[r, "n_seeds"]))
+                for t in (default, long))
+        lines.append(f"| `{r}` | {long.loc[r, 'role']} | {a.text()} | {b.text()} | {difference(b, a).text(sign='+')} |")
+    return "\n".join(lines)
+
+
 def render(root: Path) -> str:
     """The README block: the default study's answer and scope, then the cross-study table."""
     claims = root / "reports" / "claims.json"
@@ -74,10 +99,17 @@ def render(root: Path) -> str:
         answer = found["abstract"]
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{claims}: no abstract to state ({e}); render the report first (`dvc repro`)") from None
-    return "\n\n".join([
-        BEGIN, " ".join(answer["sentences"]), f"*{answer['scope']}*",
-        "The top of the power axis in each committed study (mean [95 % interval] over seeds; each "
-        "study's report gives its scope):", cross_study_table(root), END])
+    parts = [BEGIN, " ".join(answer["sentences"]), f"*{answer['scope']}*",
+             "The top of the power axis in each committed study (mean [95 % interval] over seeds; each "
+             "study's report gives its scope):", cross_study_table(root)]
+    longer = training_length_table(root)
+    if longer is not None:
+        schedules = [schedule(root / params) if (root / params).exists() else "its params"
+                     for name, _, params in STUDIES if name in ("default", "long")]
+        parts += [f"What training longer does to KL, rung by rung: the default study ({schedules[0]}) "
+                  f"against the long one ({schedules[1]}), mean [95 % interval] over seeds, and the change "
+                  "with its Welch interval (an interval that holds 0 is no decided change):", longer]
+    return "\n\n".join([*parts, END])
 
 
 def block_of(readme: str) -> str | None:

@@ -61,3 +61,26 @@ def test_every_sentence_of_the_committed_reports_is_short_enough_to_read():
             if name != "abstract" and len(claim["text"].split()) > 60}
     assert long == {}
     assert all(len(s.split()) <= 60 for s in found["abstract"]["sentences"])
+
+
+def test_the_training_length_table_sets_each_rungs_kl_beside_the_other_study_with_a_welch_change(tmp_path):
+    header = "rung,role,power,uses_z,n_seeds,kl_nats,kl_nats_std\n"
+    (tmp_path / "reports/long").mkdir(parents=True)
+    (tmp_path / "reports/results.csv").write_text(
+        header + "a,trend,1,True,3,5.0,1.0\nb,trend,2,True,3,2.0,0.5\nb_alone,no z,2,False,3,0.0,0.0\n"
+        "d,trend,3,True,3,1.0,0.1\n")
+    assert answer.training_length_table(tmp_path) is None  # no long study committed
+    (tmp_path / "reports/long/results.csv").write_text(
+        header + "b,trend,2,True,3,2.0,0.5\na,trend,1,True,3,7.0,1.0\nb_alone,no z,2,False,3,0.0,0.0\n")
+    rows = answer.training_length_table(tmp_path).splitlines()[2:]
+    # in order of power, rungs with z that both studies trained; d (default only) and the twin left out
+    assert [r.split(" | ")[0] for r in rows] == ["| `a`", "| `b`"]
+    # 7 - 5 = 2, standard error sqrt(1/3 + 1/3), Welch df = 4, t(0.975, 4) = 2.776: [-0.27, +4.27]
+    assert rows[0] == "| `a` | trend | 5.00 [2.52, 7.48] | 7.00 [4.52, 9.48] | +2.00 [-0.27, +4.27] |"
+    assert rows[1].endswith("| +0.00 [-1.13, +1.13] |")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    shutil.copytree(REPO / "profiles/long", tmp_path / "profiles/long")
+    (tmp_path / "reports/claims.json").write_text(json.dumps(
+        {"abstract": {"sentences": ["It falls."], "scope": "Scope: here.", "text": "It falls."}}))
+    block = answer.render(tmp_path)
+    assert "the long one (early-stopped, patience" in block and rows[0] in block
