@@ -174,6 +174,29 @@ def downstream(root: Path, stages: set[str]) -> set[str]:
     return reached
 
 
+def stale_code(root: Path, pipeline: str = "dvc.yaml") -> dict[str, list[str]]:
+    """Per stage of `pipeline`, what its dvc.lock entry records that the checkout no longer
+    ships, by `dvc status`: a code dep under stages/ modified, a params file or key changed, the
+    command changed. Data a fresh clone lacks (deleted deps, outputs not in the cache) is not
+    stale code and is left out."""
+    status = json.loads(dvc(root, "status", pipeline, "--json").stdout or "{}")
+    stale: dict[str, list[str]] = {}
+    for stage, changes in status.items():
+        found = []
+        for change in changes:
+            if change == "changed command":
+                found.append("its command")
+            elif isinstance(change, dict):
+                for path, what in change.get("changed deps", {}).items():
+                    if isinstance(what, dict) or path.endswith("params.yaml"):  # params: {key: change}
+                        found.append(f"{path} ({what})")
+                    elif what == "modified" and path.startswith("stages/"):
+                        found.append(path)
+        if found:
+            stale[stage] = found
+    return stale
+
+
 def ran_stages(output: str) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", output)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import stale_code
 from stages import closure
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,6 +24,13 @@ def rel(files: set[Path]) -> set[str]:
 def test_every_stage_lists_exactly_the_code_it_runs(pipeline):
     problems = closure.pipeline_problems(yaml.safe_load(pipeline.read_text()), REPO)
     assert problems == []
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_committed_lock_records_the_code_and_params_main_ships(pipeline):
+    """A committed study is what main computes: no stage's lock entry records other code, params
+    or command (after such a change, rerun the study: `dvc repro <pipeline>`, and commit)."""
+    assert stale_code(REPO, pipeline.relative_to(REPO).as_posix()) == {}
 
 
 def test_the_check_fails_on_a_removed_dep_and_on_a_dep_the_stage_does_not_run():

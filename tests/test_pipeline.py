@@ -28,6 +28,7 @@ from helpers import (
     ran_stages,
     sh,
     stage_status,
+    stale_code,
 )
 
 from stages.errors import ParamsError
@@ -196,6 +197,18 @@ def test_a_collaborator_pulls_instead_of_recomputing(study, tmp_path):
     assert out.count("is cached - skipping run") == len(TRAIN | EVALUATE) + 2  # + validate, binarize
     assert metrics(other) == metrics(study)
     assert (other / "reports/results.csv").read_bytes() == (study / "reports/results.csv").read_bytes()
+
+
+def test_the_stale_code_check_names_each_stage_whose_lock_records_other_code_or_params(study):
+    shutil.rmtree(study / "data/models")  # missing data is not stale code
+    assert stale_code(study) == {}
+    evaluate = study / "stages/evaluate.py"
+    evaluate.write_text(evaluate.read_text() + "\n# changed\n")
+    edit_params(study, lambda p: p["report"].update(collapse_threshold_nats=0.5))
+    stale = stale_code(study)
+    assert set(stale) == {*EVALUATE, "report"}, stale
+    assert stale["evaluate@linear-0"] == ["stages/evaluate.py"]
+    assert "params.yaml ({'report.collapse_threshold_nats': 'modified'})" in stale["report"]
 
 
 def test_a_queued_sweep_runs_in_parallel_and_compares_in_exp_show(study):
