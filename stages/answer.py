@@ -6,8 +6,9 @@ the default, the early-stopped one (reports/long) and the grid (reports/grid, it
 Each row is read from that study's results.csv, each number with its 95 % interval over seeds
 (`stages.report.stats`). A second table sets the early-stopped study's KL beside the default's,
 rung by rung, with the change's Welch interval: what training longer does to the information in
-z (no study's report reads another's, so that `dvc repro` of one never reruns another). The block sits between two markers; `tests/test_answer.py` fails when it
-is not what the committed reports say, so the README cannot drift from them. Not a DVC stage:
+z (no study's report reads another's, so that `dvc repro` of one never reruns another). The
+block sits between two markers; `tests/test_answer.py` fails when it is not what the committed
+reports say, so the README cannot drift from them. Not a DVC stage:
 run it after committing a study's report.
 """
 
@@ -26,6 +27,7 @@ from stages.options import ROOT
 BEGIN, END = "<!-- answer:begin (vae-study answer writes this block) -->", "<!-- answer:end -->"
 STUDIES = (("default", "reports", "params.yaml"), ("long", "reports/long", "profiles/long/params.yaml"),
            ("grid", "reports/grid", "profiles/grid/params.yaml"))  # (name, its reports, its params)
+TRAINING_LENGTH = STUDIES[:2]  # the same ladder on the default schedule and early-stopped
 
 
 def _ci(row: pd.Series, mean: str, std: str) -> str:
@@ -72,9 +74,10 @@ def training_length_table(root: Path) -> str | None:
     """KL at every rung with z that both the default and the early-stopped study trained, in
     order of power: each study's mean [95 % t interval], and the change (early-stopped minus
     default) with its 95 % Welch interval (independent seeds)."""
-    from stages.report.stats import Interval, difference
+    from stages.report.claims import kl_interval
+    from stages.report.stats import difference
 
-    paths = [root / folder / "results.csv" for name, folder, _ in STUDIES if name in ("default", "long")]
+    paths = [root / folder / "results.csv" for _, folder, _ in TRAINING_LENGTH]
     if not all(p.exists() for p in paths):
         return None
     default, long = (pd.read_csv(p).set_index("rung") for p in paths)
@@ -85,8 +88,7 @@ def training_length_table(root: Path) -> str | None:
     lines = ["| rung | role | KL, default (nats) | KL, long (nats) | change, long - default (nats) |",
              "|---|---|---:|---:|---:|"]
     for r in shared:
-        a, b = (Interval.of(float(t.loc[r, "kl_nats"]), float(t.loc[r, "kl_nats_std"]), int(t.loc[r, "n_seeds"]))
-                for t in (default, long))
+        a, b = (kl_interval(t.loc[r]) for t in (default, long))
         lines.append(f"| `{r}` | {long.loc[r, 'role']} | {a.text()} | {b.text()} | {difference(b, a).text(sign='+')} |")
     return "\n".join(lines)
 
@@ -105,7 +107,7 @@ def render(root: Path) -> str:
     longer = training_length_table(root)
     if longer is not None:
         schedules = [schedule(root / params) if (root / params).exists() else "its params"
-                     for name, _, params in STUDIES if name in ("default", "long")]
+                     for _, _, params in TRAINING_LENGTH]
         parts += [f"What training longer does to KL, rung by rung: the default study ({schedules[0]}) "
                   f"against the long one ({schedules[1]}), mean [95 % interval] over seeds, and the change "
                   "with its Welch interval (an interval that holds 0 is no decided change):", longer]

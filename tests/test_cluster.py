@@ -194,9 +194,10 @@ def test_cluster_outputs_equal_a_serial_repro_of_the_same_commit(project, cluste
     assert all(outcome == "ran" for outcome, _ in rows.values()), rows
     # the stage's own time, and the rest; the clock reads DVC's log every POLL_S, so a command that
     # starts and ends between two reads (the tiny binarize, on a fast CPU) shows 0.0
-    commands = {stage: float(command) for stage, _, _, command, _, _ in ROW.findall(out)}
+    commands = {}
     for stage, _, seconds, command, overhead, _ in ROW.findall(out):
         assert 0 <= float(command) < float(seconds) and float(overhead) > 0, (stage, seconds, command)
+        commands[stage] = float(command)
     assert all(commands[s] > 0 for s in commands if s.startswith("train@")), commands
     assert re.search(r"critical path \d+ s: validate -> binarize -> train@\S+ -> evaluate@\S+\n", out), out
     # progress: a stage is 'started' when a worker executes it, not when it is queued there, so
