@@ -4,10 +4,13 @@ A study's cost is almost all training steps and importance-weighted decoder eval
 is predicted from those two timed on this machine, per rung, in the precision its stages use:
 
     train (per run)    = epochs x (ceil(n_train / batch) x t_step + ceil(n_valid / batch) x t_valid)
-    evaluate (per run) = n_test x K / (decoder evaluations per second inside the IW estimator)
+    evaluate (per run) = t_eval(n0) + (n_test - n0) x K / (decoder evaluations per second in IW)
 
 with t_step one Adam step at the study's batch size and t_valid one validation ELBO pass (both
-the fastest of a few timed calls, `stages.bench.best_seconds`). Every run of a rung costs the
+the fastest of a few timed calls, `stages.bench.best_seconds`), and t_eval(n0) the evaluate
+stage's own function on n0 = `evaluate.batch_size` test images: what does not grow with the test
+images (the probe's and the MI's posteriors of the training images, the prior samples, drawn
+pixel by pixel for an autoregressive decoder) and the first n0 images. Every run of a rung costs the
 same, so a rung's time is its seeds times one run. What the model leaves out is said beside the
 number: early stopping ends runs before the cap (the cap is the upper bound), the aggressive
 objective's encoder inner loop adds steps the model does not count (a lower bound), and DVC's
@@ -19,15 +22,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from pathlib import Path
 
 import torch
 import typer
 
 from stages.bench import best_seconds, eval_rate, images, train_step_rate
-from stages.data import load_splits
+from stages.data import Split, load_splits
 from stages.layout import Layout
 from stages.model import build_model
+from stages.model.registry import IMAGE_SHAPE
 from stages.options import PARAMS, ROOT
 from stages.params import N_MNIST_TEST, N_MNIST_TRAIN, StudyParams
 from stages.runtime import Precision, generator, resolve_device, resolve_precision
@@ -43,6 +48,8 @@ class Timing:
     step_s: float  # one training step at the study's batch size
     valid_s: float  # one validation ELBO batch
     evals_per_s: float  # (image, sample) decoder evaluations per second inside the IW estimator
+    eval_base_s: float = 0.0  # the whole evaluation of `eval_images` test images
+    eval_images: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,7 +83,8 @@ def predict(params: StudyParams, timings: dict[str, Timing]) -> list[Estimate]:
         bound = ("lower" if rung.objective.aggressive else "upper" if t.patience is not None else "")
         out.append(Estimate(name, len(params.seeds), t.epochs,
                             t.epochs * (steps * timing.step_s + valid_batches * timing.valid_s),
-                            n_test * e.k / timing.evals_per_s, bound))
+                            timing.eval_base_s + max(n_test - timing.eval_images, 0) * e.k / timing.evals_per_s,
+                            bound))
     return out
 
 
@@ -89,6 +97,24 @@ def valid_seconds(model, x: torch.Tensor, precision: Precision) -> float:
             model.elbo_terms(x, generator(0, precision.device))
 
     return best_seconds(run, repeats=3, warmup=1)
+
+
+def evaluation_seconds(model, params: StudyParams, precision: Precision) -> tuple[float, int]:
+    """(seconds, n0): the evaluate stage's function on n0 = evaluate.batch_size synthetic test
+    images, against as many synthetic training images as the probe and the MI use."""
+    from stages.evaluate import evaluate_model
+
+    n0, n_probe = params.evaluate.batch_size, params.evaluate.probe_train_size or n_train(params)
+
+    def split(n: int, seed: int) -> Split:
+        x = torch.bernoulli(torch.full((n, *IMAGE_SHAPE), 0.13), generator=generator(seed))  # (n,1,28,28)
+        return Split(x, torch.arange(n) % 10)
+
+    config = dataclasses.replace(params.evaluate, n_test=None)  # every image of the split given
+    test, train = split(n0, 1), split(n_probe, 2)
+    start = time.perf_counter()
+    evaluate_model(model, test, train, config, precision, progress=False)
+    return time.perf_counter() - start, n0
 
 
 def measure(params: StudyParams, layout: Layout, progress: bool = True) -> dict[str, Timing]:
@@ -108,10 +134,12 @@ def measure(params: StudyParams, layout: Layout, progress: bool = True) -> dict[
             valid_s = valid_seconds(build_model(rung, params.encoder), x, eval_p)
             rate = eval_rate(build_model(rung, params.encoder), x[:EVAL_IMAGES], params.evaluate.k,
                              params.evaluate.chunk_size, eval_p)
-            seen[key] = Timing(step_s, valid_s, rate)
+            base_s, n0 = evaluation_seconds(build_model(rung, params.encoder), params, eval_p)
+            seen[key] = Timing(step_s, valid_s, rate, base_s, n0)
             if progress:
                 print(f"  {name}: step {1000 * step_s:.0f} ms, valid batch {1000 * valid_s:.0f} ms, "
-                      f"{rate:,.0f} decoder evaluations/s", flush=True)
+                      f"{rate:,.0f} decoder evaluations/s, evaluation of {n0} images {base_s:.1f} s",
+                      flush=True)
         out[name] = seen[key]
     return out
 
