@@ -3,10 +3,11 @@
 A study's cost is almost all training steps and importance-weighted decoder evaluations, so it
 is predicted from those two timed on this machine, per rung, in the precision its stages use:
 
-    train (per run)    = epochs x (ceil(n_train / batch) x t_step + ceil(n_valid / batch) x t_valid)
+    train (per run)    = epochs x (ceil(n_train / batch) x t_step + ceil(n_valid / max(batch, 256)) x t_valid)
     evaluate (per run) = t_eval(n0) + (n_test - n0) x K / (decoder evaluations per second in IW)
 
-with t_step one Adam step at the study's batch size and t_valid one validation ELBO pass (both
+with t_step one Adam step at the study's batch size and t_valid one validation ELBO batch of
+max(batch, 256) images in the training precision, as the train stage validates (both
 the fastest of a few timed calls, `stages.bench.best_seconds`), and t_eval(n0) the evaluate
 stage's own function on n0 = `evaluate.batch_size` test images: what does not grow with the test
 images (the probe's and the MI's posteriors of the training images, the prior samples, drawn
@@ -32,7 +33,6 @@ from stages.bench import best_seconds, eval_rate, images, train_step_rate
 from stages.data import Split, load_splits
 from stages.layout import Layout
 from stages.model import build_model
-from stages.model.registry import IMAGE_SHAPE
 from stages.options import PARAMS, ROOT
 from stages.params import N_MNIST_TEST, N_MNIST_TRAIN, StudyParams
 from stages.runtime import Precision, generator, resolve_device, resolve_precision
@@ -40,6 +40,9 @@ from stages.runtime import Precision, generator, resolve_device, resolve_precisi
 STAGE_OVERHEAD_S = 4.0  # DVC and Python start-up per train or evaluate stage (measured: 3-5 s)
 FIXED_S = 60.0  # validate, download, binarize and report together, from a fresh clone
 EVAL_IMAGES = 2  # test images per timed IW call (x K decoder evaluations)
+# stages.train validates in batches of max(train.batch_size, 256) (a literal there: naming it in
+# train.py would rerun every train stage of every study)
+VALID_BATCH_MIN = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +51,8 @@ class Timing:
     step_s: float  # one training step at the study's batch size
     valid_s: float  # one validation ELBO batch
     evals_per_s: float  # (image, sample) decoder evaluations per second inside the IW estimator
-    eval_base_s: float = 0.0  # the whole evaluation of `eval_images` test images
-    eval_images: int = 0
+    eval_base_s: float  # the whole evaluation of `eval_images` test images
+    eval_images: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,11 +74,15 @@ def n_train(params: StudyParams) -> int:
     return b.train_subset if b.train_subset is not None else N_MNIST_TRAIN - b.valid_size
 
 
+def valid_batch(params: StudyParams) -> int:
+    return max(params.train.batch_size, VALID_BATCH_MIN)
+
+
 def predict(params: StudyParams, timings: dict[str, Timing]) -> list[Estimate]:
     """Each run's train and evaluate seconds from the timings of its rung (the equations above)."""
     t, e = params.train, params.evaluate
     steps = math.ceil(n_train(params) / t.batch_size)
-    valid_batches = math.ceil((t.valid_subset or params.binarize.valid_size) / t.batch_size)
+    valid_batches = math.ceil((t.valid_subset or params.binarize.valid_size) / valid_batch(params))
     n_test = e.n_test if e.n_test is not None else N_MNIST_TEST
     out = []
     for name, rung in params.decoders.items():
@@ -106,12 +113,11 @@ def evaluation_seconds(model, params: StudyParams, precision: Precision) -> tupl
 
     n0, n_probe = params.evaluate.batch_size, params.evaluate.probe_train_size or n_train(params)
 
-    def split(n: int, seed: int) -> Split:
-        x = torch.bernoulli(torch.full((n, *IMAGE_SHAPE), 0.13), generator=generator(seed))  # (n,1,28,28)
-        return Split(x, torch.arange(n) % 10)
+    def split(n: int) -> Split:  # synthetic binary images (n,1,28,28), labels 0-9
+        return Split(images(None, n), torch.arange(n) % 10)
 
     config = dataclasses.replace(params.evaluate, n_test=None)  # every image of the split given
-    test, train = split(n0, 1), split(n_probe, 2)
+    test, train = split(n0), split(n_probe)
     start = time.perf_counter()
     evaluate_model(model, test, train, config, precision, progress=False)
     return time.perf_counter() - start, n0
@@ -125,13 +131,14 @@ def measure(params: StudyParams, layout: Layout, progress: bool = True) -> dict[
     eval_p = resolve_precision(params.evaluate.precision, device)
     splits = load_splits(layout.binarized) if layout.binarized.exists() else None
     x = images(splits, params.train.batch_size)  # (B, 1, 28, 28)
+    x_valid = images(splits, valid_batch(params), "valid")  # (max(B, 256), 1, 28, 28)
     out, seen = {}, {}
     for name, rung in params.decoders.items():
         key = repr((rung.family, rung.decoder))  # a step costs the same under every objective
         if key not in seen:
             torch.manual_seed(0)
             step_s = train_step_rate(build_model(rung, params.encoder), x, train_p)[0]
-            valid_s = valid_seconds(build_model(rung, params.encoder), x, eval_p)
+            valid_s = valid_seconds(build_model(rung, params.encoder), x_valid, train_p)  # as train does
             rate = eval_rate(build_model(rung, params.encoder), x[:EVAL_IMAGES], params.evaluate.k,
                              params.evaluate.chunk_size, eval_p)
             base_s, n0 = evaluation_seconds(build_model(rung, params.encoder), params, eval_p)

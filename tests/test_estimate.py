@@ -23,8 +23,8 @@ def test_a_run_costs_its_epochs_of_steps_and_validation_plus_its_iw_evaluations(
                          evaluate={**TINY_PARAMS["evaluate"], "k": 50, "n_test": 400}, seeds=[0, 1])
     by_rung = {e.rung: e for e in estimate.predict(params, timings(params, eval_base_s=7.0, eval_images=20))}
     run = by_rung["pixelcnn_2"]
-    # 3 epochs x (ceil(1000 / 64) = 16 steps x 0.5 s + ceil(130 / 64) = 3 validation batches x 0.1 s)
-    assert run.train_s == pytest.approx(3 * (16 * 0.5 + 3 * 0.1))
+    # 3 epochs x (ceil(1000 / 64) = 16 steps x 0.5 s + 1 validation batch of max(64, 256) x 0.1 s)
+    assert run.train_s == pytest.approx(3 * (16 * 0.5 + 1 * 0.1))
     # the first 20 images' whole evaluation, then (400 - 20) images x K samples at the IW rate
     assert run.evaluate_s == pytest.approx(7.0 + 380 * 50 / 1000.0)
     assert run.total_s == pytest.approx(2 * (run.train_s + run.evaluate_s + 2 * estimate.STAGE_OVERHEAD_S))
