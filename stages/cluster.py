@@ -8,11 +8,12 @@ one git clone per worker, the clones sharing a cache. This command does that wit
   refuses what a worker could not reproduce: a dirty git tree (workers see the commit, not the
   working copy) and stages the run-cache cannot carry (no deps or no outs, `persist`,
   `always_changed`). It submits one task per stage, its upstream stages' futures as arguments;
-* a task clones the commit into scratch, shares one DVC cache per machine and the project's
-  remote, and runs `dvc repro --pull <stage>` in its own process group: the upstream stages,
-  finished by other tasks, restore from the run-cache, and the task fails naming any upstream
-  stage that ran instead. Only then `dvc push --run-cache <stage>`: a worker killed mid-stage
-  pushes nothing, and the scheduler reruns its task elsewhere;
+* a task clones the commit into scratch, with the machine's shared object store and a run-cache
+  of its own (`task_cache`), and runs `dvc repro --pull <stage>` in its own process group: the
+  upstream stages, finished by other tasks, restore from the run-cache, and the task fails naming
+  any upstream stage that ran instead. Only then it pushes the stage's outputs and its run-cache
+  entries, each renamed into place whole (`push_runs`): a worker killed mid-stage pushes nothing,
+  and the scheduler reruns its task elsewhere;
 * at the end `dvc repro --pull` in the workspace restores every stage from the run-cache; the
   stages with git-tracked outputs (`cache: false`: the report), which DVC keeps out of the
   run-cache, run there. Only the coordinator writes dvc.lock.
@@ -46,6 +47,7 @@ from stages.errors import StudyError
 GPU_STAGES = ("train", "evaluate")  # the stages that run torch on VAE_STUDY_DEVICE
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 POLL_S = 0.5
+INCOMING = ".vae-study-incoming"  # on the remote, beside runs/: run-cache entries on their way in
 # The task's process group: the command in the background, and a watcher that kills the whole
 # group (SIGKILL to pid 0) once the worker that started it is no longer this shell's parent: it
 # died, however (a SIGKILLed worker's children are re-parented at once, even while it is a zombie
@@ -277,8 +279,55 @@ def kill_group(pgid: int) -> None:
         pass
 
 
+def task_cache(scratch: Path, clone: Path) -> Path:
+    """The clone's DVC cache: the machine's shared object store (`files/`, a link) and a run-cache
+    (`runs/`) of its own. DVC's run-cache takes no lock: `dvc repro --pull` rewrites every entry
+    through a temp file in the entry's folder (stage_cache.pull with force), and a restore reads the
+    newest file of that folder, which can be another task's temp file, half-written or renamed away
+    under it ("corrupted cache file '.../.XXXX.tmp'", then ENOENT: two tasks of one machine in one
+    cache). Objects are named by their content and written by rename, so those are shared."""
+    shared = scratch / "cache" / "files"
+    shared.mkdir(parents=True, exist_ok=True)
+    cache = clone.with_name(f"{clone.name}.cache")
+    cache.mkdir()
+    (cache / "files").symlink_to(shared.resolve(), target_is_directory=True)
+    return cache
+
+
+def push_runs(clone: Path, remote: str) -> list[str]:
+    """The clone's run-cache entries the remote lacks, each uploaded under INCOMING and renamed into
+    `runs/` whole; an entry there is never rewritten. (`dvc push --run-cache` rewrites every entry
+    through a temp file inside its folder, where another task's `dvc repro --pull` lists and copies
+    it half-written.) Push the outputs first: an entry names outputs a restore must find.
+    -> the entries pushed, `runs/<k>/<key>/<value>`."""
+    from dvc.fs import LocalFileSystem
+    from dvc.repo import Repo
+
+    with Repo(str(clone)) as repo:
+        runs = Path(repo.cache.legacy.path) / "runs"
+        odb = repo.cloud.get_remote_odb(remote, "push --run-cache", hash_name="md5-dos2unix")
+        fs, pushed = odb.fs, []
+        for entry in sorted(runs.rglob("*")) if runs.is_dir() else []:
+            if not entry.is_file() or entry.name.startswith("."):  # DVC's own temp files
+                continue
+            rel = entry.relative_to(runs.parent).as_posix()
+            dst = fs.join(odb.path, *rel.split("/"))
+            if fs.exists(dst):
+                continue
+            tmp = fs.join(odb.path, INCOMING, uuid.uuid4().hex)
+            fs.makedirs(fs.parent(tmp), exist_ok=True)
+            fs.put_file(str(entry), tmp)
+            fs.makedirs(fs.parent(dst), exist_ok=True)
+            if isinstance(fs, LocalFileSystem):
+                os.replace(tmp, dst)  # DVC's local mv passes through a temp name beside dst
+            else:
+                fs.mv(tmp, dst)
+            pushed.append(rel)
+        return pushed
+
+
 def clone_commit(task: Task, clone: Path, cache: Path) -> None:
-    """A clone of the commit, sharing the machine's DVC cache and pointed at the project's remote."""
+    """A clone of the commit, with `cache` as its DVC cache and pointed at the project's remote."""
     run(["git", "clone", "--quiet", "--no-checkout", task.git_url, str(clone)], clone.parent)
     run(["git", "checkout", "--quiet", "--detach", task.commit], clone)
     dvc = [sys.executable, "-m", "dvc"]
@@ -314,7 +363,8 @@ def reproduce(task: Task, *upstream: dict) -> dict:
     (scratch / "clones").mkdir(parents=True, exist_ok=True)
     clone = scratch / "clones" / f"{re.sub(r'[^A-Za-z0-9_-]', '_', task.stage)}-{uuid.uuid4().hex[:8]}"
     log = clone.parent / f"{clone.name}.log"
-    clone_commit(task, clone, scratch / "cache")
+    cache = task_cache(scratch, clone)
+    clone_commit(task, clone, cache)
     env, cancel = task_env(task, clone, worker.name), Event(f"cancel-{task.run_id}")
     dvc, clock = [sys.executable, "-m", "dvc"], StageClock(log, task.stage)
     rc, output = run_in_group([*dvc, "repro", "--pull", task.stage], clone, env, log, cancel.is_set, clock)
@@ -324,11 +374,13 @@ def reproduce(task: Task, *upstream: dict) -> dict:
     if others := [s for s in ran_stages(output) if s != task.stage]:
         raise StudyError(f"stage {task.stage}: upstream stages were recomputed on {worker.address} "
                          f"instead of restored from the run-cache: {', '.join(others)}")
-    rc, pushed = run_in_group([*dvc, "push", "--run-cache", task.stage], clone, env,
+    rc, pushed = run_in_group([*dvc, "push", "-r", task.remote, task.stage], clone, env,
                               log.with_suffix(".push.log"), cancel.is_set)
     if rc != 0:
-        raise StudyError(f"`dvc push --run-cache {task.stage}` failed on {worker.address}:\n{pushed[-2000:]}")
+        raise StudyError(f"`dvc push {task.stage}` failed on {worker.address}:\n{pushed[-2000:]}")
+    push_runs(clone, task.remote)
     shutil.rmtree(clone, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)  # unlinks files/, the shared store stays
     seconds = time.perf_counter() - start
     return {"stage": task.stage, "outcome": outcome(output, task.stage), "worker": worker.address,
             "seconds": round(seconds, 1), "command_s": round(clock.seconds, 1),

@@ -417,3 +417,42 @@ def test_the_critical_path_and_projected_wall_time_follow_the_stage_graph():
     # two workers: t0 (the longest path ahead) first on one, t1-t3 on the other (3 -> 15), and
     # the evaluations fill the gaps: 16 s, not the 17 of taking the trainings in name order
     assert projected_wall(seconds, upstream, 2) == 16.0
+
+
+def test_run_cache_entries_reach_the_remote_whole_once_and_restore_in_another_task(tmp_path):
+    """Each task's clone has its own run-cache beside the machine's shared objects; push_runs puts
+    the entries the remote lacks there whole (never a temp name under runs/, never rewriting one),
+    and another task's `dvc repro --pull` restores the stage from them instead of running it."""
+    from stages.cluster import INCOMING, Task, clone_commit, push_runs, task_cache
+
+    root = small_dvc_project(tmp_path / "p", {
+        "fine": {"cmd": "cp in.txt a.txt", "deps": ["in.txt"], "outs": ["a.txt"]},
+        "next": {"cmd": "cp a.txt b.txt", "deps": ["a.txt"], "outs": ["b.txt"]},
+    })
+    remote = tmp_path / "remote"
+    commit = sh(root, "git", "rev-parse", "HEAD").stdout.strip()
+    task = Task("", str(root), commit, "store", str(remote), "", 1, False, "t", ())
+    scratch, clones = tmp_path / "scratch", tmp_path / "scratch" / "clones"
+    clones.mkdir(parents=True)
+    first, second = clones / "fine-1", clones / "next-2"
+    cache = task_cache(scratch, first)
+    clone_commit(task, first, cache)
+    dvc(first, "repro", "fine")
+    (cache / "runs" / ".half-written.tmp").write_text("cmd: cp in")  # DVC's own temp files stay home
+    dvc(first, "push", "-r", "store", "fine")
+    pushed = push_runs(first, "store")
+    entries = sorted(f for f in (remote / "runs").rglob("*") if f.is_file())
+    assert [f.relative_to(remote).as_posix() for f in entries] == pushed and len(pushed) == 1, pushed
+    assert entries[0].read_bytes() == (cache / pushed[0]).read_bytes()
+    assert not [f for f in (remote / INCOMING).rglob("*") if f.is_file()]
+    mtime = entries[0].stat().st_mtime_ns
+    assert push_runs(first, "store") == [] and entries[0].stat().st_mtime_ns == mtime
+
+    other = task_cache(scratch, second)
+    assert (other / "files").resolve() == (cache / "files").resolve() and other != cache
+    clone_commit(task, second, other)
+    out = dvc(second, "repro", "--pull", "next").stdout
+    assert "Stage 'fine' is cached" in out and "Running stage 'fine'" not in out, out
+    assert not (other / "runs" / ".half-written.tmp").exists()
+    shutil.rmtree(cache)
+    assert (scratch / "cache" / "files").is_dir(), "removing a task's cache keeps the shared objects"
