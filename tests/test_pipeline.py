@@ -387,7 +387,8 @@ def test_a_named_study_reproduces_into_its_own_folders_leaving_the_default_untou
     assert all(layout.model(r, s).exists() for r in RUNGS for s in PARAMS["seeds"])
     report = (study / "reports/tiny/report.md").read_text()
     assert "## Against the baseline" not in report  # across studies is `vae-study answer`'s
-    assert "Convergence: a run stops once 1 epoch in a row has not" in report
+    assert "### Convergence" in report and "A run stops once 1 epoch in a row has not raised" in report
+    assert "runs met the stopping rule before the 6-epoch cap" in report
     results = pd.read_csv(study / "reports/tiny/results.csv")
     assert (results["epochs_trained"] <= 6).all()
     assert ran_stages(dvc(study, "repro", "profiles/tiny/dvc.yaml").stdout) == []

@@ -508,34 +508,6 @@ def test_page_opens_in_a_browser_with_every_image_shown(rendered, chromium, tmp_
     assert total == len(FIGURES) and ok == total
 
 
-def test_a_baseline_study_is_compared_rung_by_rung(tmp_path, rendered):
-    """--compare-with: the other study's KL beside this one's, in a table and a claim."""
-    _, base_layout, _ = rendered
-    baseline = pd.read_csv(base_layout.reports / "results.csv")
-    baseline.loc[baseline["rung"] == "mlp", "kl_nats"] -= 5.0  # this study gained 5 nats on mlp
-    baseline.to_csv(tmp_path / "baseline.csv", index=False)
-    (tmp_path / "long").mkdir()
-    params, layout = make_project(tmp_path / "long", seeds=(0, 1), jitter=lambda r, s: {"kl_nats": 0.1 * s})
-    report.run(params, layout, compare_with=tmp_path / "baseline.csv")
-    versus = claims_of(layout)["versus_baseline"]
-    assert versus["numbers"]["gained"] == [] and "mlp" in versus["numbers"]["no_spread"]  # one seed there
-    md = (layout.reports / "report.md").read_text()
-    assert "## Against the baseline" in md and "(3 epochs, K = " in md
-    row = next(line for line in md.splitlines() if line.startswith("| `mlp`") and "+5." in line)
-    assert "no spread" in row and "cannot be judged on `mlp`" in versus["text"]
-    assert versus["numbers"]["regained"] == [] and "1 seed)" in versus["text"]  # no verdict there
-
-
-def test_a_baseline_that_is_not_a_results_table_is_refused_before_anything_is_written(tmp_path):
-    params, layout = make_project(tmp_path)
-    (tmp_path / "other.csv").write_text("rung,kl_nats\nmlp,3.0\n")
-    with pytest.raises(DataError, match=r"other.csv is not a results table.*lacks role"):
-        report.run(params, layout, compare_with=tmp_path / "other.csv")
-    with pytest.raises(DataError, match="cannot read .*missing.csv"):
-        report.run(params, layout, compare_with=tmp_path / "missing.csv")
-    assert not layout.reports.exists()
-
-
 def test_the_training_figure_averages_only_where_every_seed_still_trains():
     """Seed 1 stopped after epoch 2: the mean line ends there and seed 0 goes on alone, so no
     mean ever jumps to a single seed's value."""

@@ -4,8 +4,7 @@ page; `stages.report` runs it).
 
 For every rung and seed: the metrics, per-image estimates, K-curve, per-dimension KL, images and
 training history (`collect`), each named with the stage that writes it when it is missing or
-unreadable; another study's results table to compare with (`read_baseline`); and where the
-numbers came from (`git_revision`, `dvc_version`).
+unreadable; and where the numbers came from (`git_revision`, `dvc_version`).
 """
 from __future__ import annotations
 
@@ -42,8 +41,6 @@ PUBLISHED_COLUMNS = ("paper", "year", "binarization", "model", "ladder_rung", "n
                      "nll_is_bound", "kl_nats", "importance_samples", "where")
 PAPER_TRAIN, PAPER_K, PAPER_TEST, PAPER_EPOCHS = 50000, 5000, 10000, 100
 REMEDY_COLUMNS = ("paper", "year", "data", "model", "remedy", "kl_nats", "nll_nats", "where")
-BASELINE_COLUMNS = ("rung", "role", "uses_z", "n_seeds", "kl_nats", "kl_nats_std", "nll_iw_nats",
-                    "nll_iw_nats_std", "iw_k", "n_test", "epochs_trained")
 
 
 @dataclass
@@ -66,8 +63,6 @@ class ReportData:
     summary: dict[str, Any]  # binarize's summary.json
     published: pd.DataFrame
     sources: dict[str, Any] | None  # download's sources.json, if present
-    baseline: pd.DataFrame | None = None  # another study's results.csv, to compare KL with
-    baseline_path: Path | None = None
     remedies: pd.DataFrame | None = None  # published KL / NLL per remedy of collapse (a grid study)
 
 
@@ -209,17 +204,6 @@ def check_one_evaluation(runs: dict[tuple[str, int], Run], layout: Layout) -> No
             raise DataError(f"report: {layout.per_image(r, s)} has {len(run.per_image)} rows but "
                             f"{layout.metrics(r, s)} says {int(run.metrics['n_test'])} test images "
                             f"(truncated, or from another evaluation); {_fix(layout.per_image(r, s), f'evaluate@{r}-{s}')}")
-
-
-def read_baseline(path: Path) -> pd.DataFrame:
-    """Another study's results.csv (`--compare-with`), checked before anything is written."""
-    table = _read(path, None, pd.read_csv, ())
-    missing = [c for c in BASELINE_COLUMNS if c not in table.columns]
-    if missing or table.empty:
-        raise DataError(f"report: {path} is not a results table of this study's report (it lacks "
-                        f"{', '.join(missing) or 'rows'}); render that study's report first "
-                        "(`dvc repro` for the default study)")
-    return table
 
 
 def git_revision(root: Path) -> str:

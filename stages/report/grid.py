@@ -278,10 +278,10 @@ def aggressive_claim(grid: pd.DataFrame) -> Claim | None:
         text += (f"every inner loop hit the cap at {backticked(capped)}, so the encoder may have stopped "
                  "with its loss still falling" if capped else "no power had every inner loop at the cap")
         if len(near):
+            mi_cap = near["valid_mi_cap_nats"].iloc[0]
             text += (f"; at {backticked(near['rung'])} the phase never ended, its validation MI within "
                      f"{MI_AT_CAP_NATS} nats of the estimator's cap log M = "
-                     f"{near['valid_mi_cap_nats'].iloc[0]:.2f} (M = "
-                     f"{round(math.exp(near['valid_mi_cap_nats'].iloc[0])):,} validation posteriors)")
+                     f"{mi_cap:.2f} (M = {round(math.exp(mi_cap)):,} validation posteriors)")
         parts.append(text)
     return Claim("grid_aggressive_phase", "Aggressive training, " + "; ".join(parts)
                  + " (table 'The aggressive phase').", numbers)
