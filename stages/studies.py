@@ -95,10 +95,11 @@ def pipeline(default: dict[str, Any], study: str, params: Any = None) -> dict[st
         if name == "download":
             continue
         s: dict[str, Any] = {"wdir": "../.."}
+        # the study's params file for the commands of a stage that reads params (gather reads none)
+        given = f" --params {params_file}" if "params" in stage or "params.yaml" in stage.get("deps", []) else ""
         for key, value in stage.items():
             if key == "cmd":  # one command line or a list of them, each run with the study's files
-                commands = [f"{c} --params {params_file} --study {study}"
-                            for c in (value if isinstance(value, list) else [value])]
+                commands = [f"{c}{given} --study {study}" for c in (value if isinstance(value, list) else [value])]
                 value = commands if isinstance(value, list) else commands[0]
             elif key == "params":
                 value = [{params_file: value}]

@@ -4,6 +4,7 @@ the real stage function and once by the real `vae-study report` command."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -18,7 +19,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages import report
+from stages import gather, report
 from stages.errors import DataError
 from stages.evaluate import code_sha256, metrics_text
 from stages.layout import Layout
@@ -506,6 +507,35 @@ def test_page_opens_in_a_browser_with_every_image_shown(rendered, chromium, tmp_
     assert found, dom[-2000:]
     total, ok = map(int, found.groups())
     assert total == len(FIGURES) and ok == total
+
+
+def test_the_report_renders_the_same_from_the_gathered_copies_alone(tmp_path):
+    """The report stage reads reports/inputs (stages.gather), which git tracks: with data/ gone,
+    as on a clone, it renders the same tables and claims; only the sources line moves."""
+    params, layout = make_project(tmp_path)
+    report.run(params, layout)
+    direct = {name: (layout.reports / name).read_bytes() for name in ("results.csv", "claims.json")}
+    md_direct = (layout.reports / "report.md").read_text()
+    gather.gather(layout)
+    shutil.rmtree(tmp_path / "data")
+    report.run(params, dataclasses.replace(layout, gathered=True))
+    assert {name: (layout.reports / name).read_bytes() for name in direct} == direct
+    md = (layout.reports / "report.md").read_text()
+    assert "reports/inputs/metrics" in md and md.replace("reports/inputs/", "data/") == md_direct
+
+
+def test_gather_names_what_is_missing_and_keeps_the_copy_it_had(tmp_path):
+    params, layout = make_project(tmp_path)
+    gather.gather(layout)
+    had = sorted(p.relative_to(layout.inputs) for p in layout.inputs.rglob("*"))
+    assert Path("metrics/mlp/seed0.json") in had and Path("binarized/summary.json") in had
+    shutil.rmtree(layout.data / "eval")
+    with pytest.raises(DataError, match=r"gather: missing .*data/eval.*dvc repro"):
+        gather.gather(layout)
+    assert sorted(p.relative_to(layout.inputs) for p in layout.inputs.rglob("*")) == had
+    shutil.rmtree(layout.inputs / "metrics")  # a copy lost: the report names the stage that writes it
+    with pytest.raises(DataError, match=r"inputs/metrics/\S+ +\(written by stage gather"):
+        report.run(params, dataclasses.replace(layout, gathered=True))
 
 
 def test_the_training_figure_averages_only_where_every_seed_still_trains():

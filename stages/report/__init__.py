@@ -129,4 +129,4 @@ def command(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY) -> Non
     """Render reports/: the results table, the figures, report.md and index.html."""
     from stages.params import load_params
 
-    run(load_params(params), Layout(root, study))
+    run(load_params(params), Layout(root, study, gathered=True))  # the inputs git tracks (stages.gather)

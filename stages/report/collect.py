@@ -96,9 +96,14 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+def _writer(layout: Layout, stage: str) -> str:
+    """The stage that writes an input where the report reads it: gather, for the copies in git."""
+    return "gather" if layout.gathered else stage
+
+
 def _run_files(layout: Layout, r: str, s: int) -> dict[str, tuple[Path, str, Any, tuple[str, ...]]]:
     """One (rung, seed)'s inputs by `Run` field: (path, writing stage, reader, required keys)."""
-    evaluated, trained = f"evaluate@{r}-{s}", f"train@{r}-{s}"
+    evaluated, trained = _writer(layout, f"evaluate@{r}-{s}"), _writer(layout, f"train@{r}-{s}")
     return {
         "metrics": (layout.metrics(r, s), evaluated, _json, METRIC_KEYS),
         "k_curve": (layout.k_curve(r, s), evaluated, pd.read_csv, K_CURVE_COLUMNS),
@@ -112,7 +117,7 @@ def _run_files(layout: Layout, r: str, s: int) -> dict[str, tuple[Path, str, Any
 
 def _inputs(params: StudyParams, layout: Layout) -> list[tuple[Path, str | None]]:
     """Every file the report reads, with the DVC stage that writes it (None: kept in git)."""
-    files = [(layout.binarized_summary, "binarize"), (layout.reference, None)]
+    files = [(layout.binarized_summary, _writer(layout, "binarize")), (layout.reference, None)]
     if params.cells:  # a grid study sets its remedies beside the published ones
         files.append((layout.remedies, None))
     for r in params.decoders:
@@ -162,7 +167,7 @@ def collect(params: StudyParams, layout: Layout) -> ReportData:
             raise DataError(f"report: {layout.latent_dims(r, s)} has {len(run.latent)} rows, but "
                             f"encoder.latent_dim is {latent_dim} (truncated, or from another "
                             f"encoder); {_fix(layout.latent_dims(r, s), stage)}")
-    summary = _read(layout.binarized_summary, "binarize", _json,
+    summary = _read(layout.binarized_summary, _writer(layout, "binarize"), _json,
                     ("method", "train", "valid", "test"))
     published = _read(layout.reference, None, pd.read_csv, PUBLISHED_COLUMNS)
     try:  # optional: where download found the files
