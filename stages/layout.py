@@ -4,10 +4,6 @@ dvc.yaml names the same paths (a test keeps the two in step). A named study (`st
 the pipeline in profiles/long/) keeps everything it computes under data/<study>/ and its report
 under reports/<study>/, so it never touches the default study's files; only the downloaded
 MNIST files (data/raw) are shared.
-
-The report reads its inputs from a copy git tracks, reports/<study>/inputs/ (`stages.gather`):
-`Layout(..., gathered=True)` reads every data path there instead, so the report reruns from a
-clone alone after a change to its code.
 """
 
 from __future__ import annotations
@@ -19,14 +15,13 @@ from pathlib import Path
 from stages.errors import ParamsError
 
 STUDY_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-DEFAULT_FOLDERS = ("raw", "binarized", "models", "history", "metrics", "eval", "figures", "inputs")
+DEFAULT_FOLDERS = ("raw", "binarized", "models", "history", "metrics", "eval", "figures")
 
 
 @dataclass(frozen=True)
 class Layout:
     root: Path = Path(".")
     study: str = ""  # "": the default study; a name: data/<name>/ and reports/<name>/
-    gathered: bool = False  # read data/ (and data/raw) from the report's git-tracked copy, `inputs`
 
     def __post_init__(self) -> None:
         if self.study and (not STUDY_NAME.match(self.study) or self.study in DEFAULT_FOLDERS):
@@ -36,21 +31,7 @@ class Layout:
 
     @property
     def data(self) -> Path:
-        if self.gathered:
-            return self.inputs
         return self.root / "data" / self.study if self.study else self.root / "data"
-
-    @property
-    def inputs(self) -> Path:
-        """The report's inputs, copied from data/ by the gather stage; git tracks them."""
-        return self.reports / "inputs"
-
-    @property
-    def report_sources(self) -> list[Path]:
-        """What the gather stage copies into `inputs`: every file the report reads that a stage
-        writes (the per-run folders, the binarized split's summary, the download's sources)."""
-        return [self.data / "metrics", self.data / "eval", self.data / "history",
-                self.binarized_summary, self.raw / "sources.json"]
 
     @property
     def params_stamp(self) -> Path:
@@ -60,7 +41,7 @@ class Layout:
 
     @property
     def raw(self) -> Path:
-        return self.inputs / "raw" if self.gathered else self.root / "data/raw"
+        return self.root / "data/raw"
 
     @property
     def binarized(self) -> Path:

@@ -27,6 +27,7 @@ from typing import Any
 import typer
 import yaml
 
+from stages import gather
 from stages.errors import ParamsError
 from stages.fsutil import write_text
 from stages.layout import Layout
@@ -89,6 +90,9 @@ def pipeline(default: dict[str, Any], study: str, params: Any = None) -> dict[st
     """The named study's dvc.yaml (as a mapping) derived from the default one; with `params`
     of a grid study (an `objectives` section), its train and evaluate stages per grid run."""
     Layout(Path("."), study)  # refuses a bad study name
+    if study == gather.FOLDER:  # reports/inputs is the default study's gathered copy
+        raise ParamsError(f"study name {study!r} is taken by the default study's reports/{study}/: "
+                          "choose another")
     params_file = f"profiles/{study}/params.yaml"
     stages = {}
     for name, stage in default["stages"].items():

@@ -31,6 +31,7 @@ from helpers import (
     stale_code,
 )
 
+from stages import gather
 from stages.errors import ParamsError
 from stages.layout import Layout
 from stages.live import read_history
@@ -110,9 +111,9 @@ def test_dvc_yaml_writes_where_the_code_expects(built):
     assert str(layout.params_stamp) in stages["binarize"]["deps"]  # upstream of every params reader
     # gather copies exactly what it depends on; the report reads only its copy, which git tracks
     assert [d for d in stages["gather"]["deps"] if not d.startswith("stages/")] == list(
-        map(str, layout.report_sources))
-    assert stages["gather"]["outs"] == [{str(layout.inputs): {"cache": False}}]
-    assert str(layout.inputs) in stages["report"]["deps"]
+        map(str, gather.sources(layout)))
+    assert stages["gather"]["outs"] == [{str(gather.gathered(layout).data): {"cache": False}}]
+    assert str(gather.gathered(layout).data) in stages["report"]["deps"]
     assert not any(d.startswith("data/") for d in stages["report"]["deps"])
 
 
@@ -353,7 +354,7 @@ def test_the_long_pipeline_is_the_default_one_with_its_own_params_and_folders():
     assert stages["binarize"]["outs"] == [str(layout.binarized)]
     assert stages["report"]["outs"][0] == {str(layout.reports / "results.csv"): {"cache": False}}
     assert [d for d in stages["gather"]["deps"] if not d.startswith("stages/")] == list(
-        map(str, layout.report_sources))
+        map(str, gather.sources(layout)))
     assert study_path("data/raw/x", "long") == "data/raw/x"  # the download is shared
     # No stage reads another study's outputs: `dvc repro profiles/long/dvc.yaml` on a fresh clone
     # runs the long study alone, not the default one first.
@@ -385,6 +386,11 @@ def test_the_long_profile_is_the_default_ladder_below_the_gated_rungs_early_stop
     assert long.train.patience is not None and long.train.patience < long.train.epochs
     assert len(long.seeds) >= 3  # a 95 % interval over 2 seeds is 12.7 standard errors wide
     assert (long.evaluate.k, long.evaluate.n_test) >= (default.evaluate.k, default.evaluate.n_test)
+
+
+def test_no_named_study_takes_the_default_studys_gathered_copy():
+    with pytest.raises(ParamsError, match="study name 'inputs' is taken"):
+        pipeline({"stages": {}}, gather.FOLDER)
 
 
 def test_a_named_study_reproduces_into_its_own_folders_leaving_the_default_untouched(study):

@@ -4,7 +4,6 @@ the real stage function and once by the real `vae-study report` command."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
@@ -470,16 +469,18 @@ def test_git_revision_is_reported(tmp_path):
 def test_cli_renders_the_report_and_reports_missing_files(tmp_path):
     make_project(tmp_path)
     cli = Path(sys.executable).with_name("vae-study")
+    subprocess.run([str(cli), "gather", "--root", str(tmp_path)], check=True, capture_output=True)
     cmd = [str(cli), "report", "--root", str(tmp_path), "--params", str(tmp_path / "params.yaml")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "KL falls at no step up the power axis at 95 %" in done.stdout and "Scope: MNIST" in done.stdout
     for name in ("results.csv", "report.md", "index.html", "figures/headline.png"):
         assert (tmp_path / "reports" / name).stat().st_size > 0
-    Layout(tmp_path).metrics("conv", 0).unlink()
+    gather.gathered(Layout(tmp_path)).metrics("conv", 0).unlink()  # the report reads the copy only
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "error: report: 1 input file(s) missing" in done.stderr and "conv/seed0.json" in done.stderr
+    assert "written by stage gather: run `dvc repro gather`" in done.stderr
 
 
 def test_html_is_self_contained_and_escaped(rendered):
@@ -518,7 +519,7 @@ def test_the_report_renders_the_same_from_the_gathered_copies_alone(tmp_path):
     md_direct = (layout.reports / "report.md").read_text()
     gather.gather(layout)
     shutil.rmtree(tmp_path / "data")
-    report.run(params, dataclasses.replace(layout, gathered=True))
+    report.run(params, gather.gathered(layout))
     assert {name: (layout.reports / name).read_bytes() for name in direct} == direct
     md = (layout.reports / "report.md").read_text()
     assert "reports/inputs/metrics" in md and md.replace("reports/inputs/", "data/") == md_direct
@@ -527,15 +528,15 @@ def test_the_report_renders_the_same_from_the_gathered_copies_alone(tmp_path):
 def test_gather_names_what_is_missing_and_keeps_the_copy_it_had(tmp_path):
     params, layout = make_project(tmp_path)
     gather.gather(layout)
-    had = sorted(p.relative_to(layout.inputs) for p in layout.inputs.rglob("*"))
+    had = sorted(p.relative_to(gather.gathered(layout).data) for p in gather.gathered(layout).data.rglob("*"))
     assert Path("metrics/mlp/seed0.json") in had and Path("binarized/summary.json") in had
     shutil.rmtree(layout.data / "eval")
     with pytest.raises(DataError, match=r"gather: missing .*data/eval.*dvc repro"):
         gather.gather(layout)
-    assert sorted(p.relative_to(layout.inputs) for p in layout.inputs.rglob("*")) == had
-    shutil.rmtree(layout.inputs / "metrics")  # a copy lost: the report names the stage that writes it
+    assert sorted(p.relative_to(gather.gathered(layout).data) for p in gather.gathered(layout).data.rglob("*")) == had
+    shutil.rmtree(gather.gathered(layout).data / "metrics")  # a copy lost: the report names the stage that writes it
     with pytest.raises(DataError, match=r"inputs/metrics/\S+ +\(written by stage gather"):
-        report.run(params, dataclasses.replace(layout, gathered=True))
+        report.run(params, gather.gathered(layout))
 
 
 def test_the_training_figure_averages_only_where_every_seed_still_trains():

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from stages.fsutil import ensure_writable_dir, write_csv, write_json, write_text
+from stages.gather import gathered
 from stages.layout import Layout
 from stages.options import PARAMS, ROOT, STUDY
 from stages.params import StudyParams
@@ -129,4 +130,4 @@ def command(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY) -> Non
     """Render reports/: the results table, the figures, report.md and index.html."""
     from stages.params import load_params
 
-    run(load_params(params), Layout(root, study, gathered=True))  # the inputs git tracks (stages.gather)
+    run(load_params(params), gathered(Layout(root, study)))  # the inputs git tracks (stages.gather)

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from stages.errors import DataError
+from stages.gather import GatheredLayout
 from stages.layout import Layout
 from stages.live import read_history
 from stages.model.registry import IMAGE_SHAPE
@@ -98,7 +99,7 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
 
 def _writer(layout: Layout, stage: str) -> str:
     """The stage that writes an input where the report reads it: gather, for the copies in git."""
-    return "gather" if layout.gathered else stage
+    return "gather" if isinstance(layout, GatheredLayout) else stage
 
 
 def _run_files(layout: Layout, r: str, s: int) -> dict[str, tuple[Path, str, Any, tuple[str, ...]]]:
