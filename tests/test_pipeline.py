@@ -410,7 +410,7 @@ def test_a_named_study_reproduces_into_its_own_folders_leaving_the_default_untou
     out = dvc(study, "repro", "profiles/tiny/dvc.yaml").stdout
     ran = set(ran_stages(out))
     assert ran == {f"profiles/tiny/dvc.yaml:{s}"
-                   for s in ("validate", "binarize", *TRAIN, *EVALUATE, "report")}
+                   for s in ("validate", "binarize", *TRAIN, *EVALUATE, "gather", "report")}
     assert {p: (study / p).read_bytes() for p in before} == before
     layout = Layout(study, "tiny")
     assert all(layout.model(r, s).exists() for r in RUNGS for s in PARAMS["seeds"])
@@ -437,7 +437,7 @@ def test_a_grid_study_reproduces_every_run_once_and_an_objective_added_reruns_on
     sh(study, "vae-study", "study-pipeline", "g")
     runs = ["linear__elbo", "linear__aggressive", "pixelcnn_2__elbo", "pixelcnn_2__aggressive", "pixelcnn_2_alone"]
     ran = set(ran_stages(dvc(study, "repro", "profiles/g/dvc.yaml").stdout))
-    assert ran == {f"profiles/g/dvc.yaml:{s}" for s in ("validate", "binarize", "report",
+    assert ran == {f"profiles/g/dvc.yaml:{s}" for s in ("validate", "binarize", "gather", "report",
                                                          *(f"{st}@{r}-0" for st in ("train", "evaluate") for r in runs))}
     claims = json.loads((study / "reports/g/claims.json").read_text())
     assert "grid_objectives" in claims and "grid_top_against_alone" in claims
