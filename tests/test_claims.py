@@ -321,3 +321,13 @@ def test_claims_serialise_to_plain_json():
     c = claims.Claim("x", "t", {"a": NAN, "b": pd.Series([1.5]).iloc[0], "c": [True, NAN]})
     assert json.loads(json.dumps(c.plain())) == {"text": "t", "numbers": {"a": None, "b": 1.5,
                                                                           "c": [True, None]}}
+
+
+@pytest.mark.parametrize("floor, where", [(0.084, "within"), (0.05, "beyond"), (0.13, "beyond")])
+def test_the_probe_floor_is_called_sampling_error_only_within_its_95_percent_band(floor, where):
+    results = table([20.0, 15.0, 5.0], roles=[claims.TREND, claims.TREND, claims.NO_Z]).assign(n_test=500)
+    results.loc[results["role"] == claims.NO_Z, "probe_accuracy"] = floor
+    text = claims.probe(results).text  # at chance (10 %) on 500 images: ±2.6 points
+    side = "below" if floor < claims.CHANCE else "above"
+    assert f"{abs(100 * (floor - claims.CHANCE)):.1f} points {side} chance (10%): {where} sampling error" in text
+    assert "±2.6 points" in text

@@ -381,15 +381,24 @@ def probe(results: pd.DataFrame) -> Claim | None:
 
     floor = results[results["role"] == NO_Z]
     floor_mean = float(floor["probe_accuracy"].mean()) if len(floor) else math.nan
-    below = len(floor) and float(floor["probe_accuracy"].max()) < CHANCE
     n_test = int(results["n_test"].min()) if "n_test" in results else 0
     text = (f"A linear probe on sampled z ~ q(z|x) reads the digit best at {acc(best)} and worst at "
             f"{acc(worst)} (every rung: the results table)"
-            + (f"; on the decoders alone's z, which their decoders ignore, {100 * floor_mean:.1f}%, the floor"
-               if len(floor) else "") + f"; chance is {CHANCE:.0%}"
-            + (f", above the floor by sampling error only (its standard error on {n_test:,} test images: "
-               f"{100 * math.sqrt(CHANCE * (1 - CHANCE) / n_test):.1f} points)." if below and n_test else "."))
+            + (f"; on the decoders alone's z, which their decoders ignore, {100 * floor_mean:.1f}%"
+               + _floor_against_chance(floor_mean, n_test) if len(floor) else f"; chance is {CHANCE:.0%}") + ".")
     return Claim("probe", text, {r.rung: r.probe_accuracy for r in results.itertuples()})
+
+
+def _floor_against_chance(floor: float, n_test: int) -> str:
+    """How far the probe's floor lies from chance, against the 95 % sampling error of one
+    accuracy on n_test images (binomial, at chance)."""
+    if not n_test:
+        return f" (chance: {CHANCE:.0%})"
+    half = 100 * stats.Z975 * math.sqrt(CHANCE * (1 - CHANCE) / n_test)  # points
+    gap = 100 * (floor - CHANCE)
+    return (f", {abs(gap):.1f} points {'above' if gap > 0 else 'below'} chance ({CHANCE:.0%}): "
+            f"{'within' if abs(gap) <= half else 'beyond'} sampling error (±{half:.1f} points, 95 % on "
+            f"{n_test:,} test images)")
 
 
 def mutual_information(results: pd.DataFrame) -> Claim | None:
