@@ -331,3 +331,13 @@ def test_the_probe_floor_is_called_sampling_error_only_within_its_95_percent_ban
     side = "below" if floor < claims.CHANCE else "above"
     assert f"{abs(100 * (floor - claims.CHANCE)):.1f} points {side} chance (10%): {where} sampling error" in text
     assert "±2.6 points" in text
+
+
+def test_the_answer_names_a_decided_rise_on_the_way_down():
+    bumpy = table([30.0, 25.0, 9.0, 12.0, 0.5])
+    trend = claims.power_trend(bumpy, per_seed(bumpy)).numbers
+    sentence = abstract.trend_sentence(bumpy, trend)
+    assert sentence.startswith("KL falls from 25.0-30.0 nats on `r0` and `r1` to 0.50")
+    assert "rising on the way at `r2` -> `r3`" in sentence
+    falling = table([30.0, 25.0, 9.0, 4.0, 0.5])
+    assert "rising" not in abstract.trend_sentence(falling, claims.power_trend(falling, per_seed(falling)).numbers)
