@@ -217,3 +217,26 @@ def test_the_aggressive_phase_table_rounds_mean_epochs_over_seeds():
                            "valid_mi_last_nats": 2.49, "valid_mi_cap_nats": 6.91}])
     _, rows, _ = grid.phase_table(cells)
     assert rows == [["`aggressive`", "`gated_5`", "3.33 of 5", "5.0 (cap 6)", "2.49 (cap 6.91)"]]
+
+
+def test_a_kl_that_free_bits_floor_is_not_information_the_verdict_reads_the_mi(tmp_path):
+    """Free bits hold the KL near latent_dim x lambda whatever z carries: a free-bits cell whose
+    MI is near 0 has collapsed, though its KL of 8 nats would call it 'kept'."""
+    raw = params_dict(seeds=(0, 1, 2), rungs=("mlp",))
+    raw["objectives"] = {"elbo": {}, "free": {"free_bits": 0.5}}
+    params, layout = parse_params(raw), Layout(tmp_path)
+    make_project(tmp_path, seeds=(0, 1, 2), rungs=("mlp",))  # the summary and reference files
+    shutil.copy(REPO / "reference/remedies.csv", layout.remedies)
+    for run, cell in params.cells.items():
+        for s in (0, 1, 2):
+            v = dict(LADDER["mlp"][1], kl=LADDER["mlp"][1]["kl"] + 0.05 * s)
+            if cell.objective == "free":
+                v.update(kl=8.0 + 0.05 * s, mi=0.2 + 0.05 * s)
+            write_run(layout, run, s, v, "mlp")
+    report.run(params, layout)
+    results = pd.read_csv(layout.reports / "results.csv").set_index("rung")
+    assert tuple(results.loc["mlp__free", ["verdict_by", "verdict"]]) == ("mi", "collapsed")
+    assert tuple(results.loc["mlp__elbo", ["verdict_by", "verdict"]]) == ("kl", "not collapsed")
+    text = json.loads((layout.reports / "claims.json").read_text())["verdicts"]["text"]
+    assert "(MI for `mlp__free`, whose KL free bits floor)" in text and "collapsed: `mlp__free`" in text
+    assert "of MI where free bits floor the KL" in (layout.reports / "report.md").read_text()

@@ -73,6 +73,12 @@ def kl_interval(row) -> stats.Interval:
     return stats.Interval.of(row["kl_nats"], row["kl_nats_std"], int(row["n_seeds"]))
 
 
+def verdict_interval(row) -> stats.Interval:
+    """The interval a row's verdict is decided on: its KL's, its MI's where free bits floor the KL."""
+    by = row.get("verdict_by", "kl")
+    return stats.Interval.of(row[f"{by}_nats"], row[f"{by}_nats_std"], int(row["n_seeds"]))
+
+
 def verdict(mean: float, std: float, n_seeds: int, threshold: float, uses_z: bool) -> str:
     """Collapsed / not collapsed only when the 95 % interval over seeds excludes the threshold."""
     if not uses_z:
@@ -183,11 +189,13 @@ def verdicts(results: pd.DataFrame, threshold: float) -> Claim:
         g = groups[v]
         if len(g):
             listed = ", ".join(f"`{r.rung}`" + (
-                f" ({stats.seed_word(kl_interval(r._asdict()).seeds_to_resolve(threshold))})"
+                f" ({stats.seed_word(verdict_interval(r._asdict()).seeds_to_resolve(threshold))})"
                 if v == UNRESOLVED else "") for r in g.itertuples())
             parts.append(f"{label}: {listed}")
-    text = (f"Collapse verdicts, KL < {threshold:g} nats by the 95 % interval over seeds (in the "
-            "results table): " + "; ".join(parts) + ".")
+    by_mi = list(ordered.loc[ordered.get("verdict_by", pd.Series("kl", index=ordered.index)) == "mi", "rung"])
+    text = (f"Collapse verdicts, KL < {threshold:g} nats by the 95 % interval over seeds"
+            + (f" (MI for {backticked(by_mi)}, whose KL free bits floor)" if by_mi else "")
+            + " (in the results table): " + "; ".join(parts) + ".")
     return Claim("verdicts", text, {v: list(g["rung"]) for v, g in groups.items()})
 
 

@@ -188,7 +188,10 @@ def results_table(results: pd.DataFrame) -> Table:
         "(a lower bound); probe: linear classifier of the digit on sampled z ~ q(z|x) (chance "
         "10%). Epochs: the kept (best-validation) epoch and the epochs trained, means over seeds. "
         "Verdict: collapsed or not only where the 95 % interval of KL over seeds (Student t) "
-        "excludes the threshold, else unresolved; n/a for a rung without z."))
+        "excludes the threshold, else unresolved"
+        + ("; of MI where free bits floor the KL" if "verdict_by" in results and (results["verdict_by"] == "mi").any()
+           else "")
+        + "; n/a for a rung without z."))
 
 
 def _ci(row, column: str, digits: int = 2, scale: float = 1.0) -> str:
