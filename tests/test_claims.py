@@ -329,7 +329,8 @@ def test_the_probe_floor_is_called_sampling_error_only_within_its_95_percent_ban
     results.loc[results["role"] == claims.NO_Z, "probe_accuracy"] = floor
     text = claims.probe(results).text  # at chance (10 %) on 500 images: ±2.6 points
     side = "below" if floor < claims.CHANCE else "above"
-    assert f"{abs(100 * (floor - claims.CHANCE)):.1f} points {side} chance (10%): {where} sampling error" in text
+    gap = abs(100 * (floor - claims.CHANCE))
+    assert f"{gap:.1f} points {side} chance (10%): {where} sampling error" in text
     assert "±2.6 points" in text
 
 
@@ -340,4 +341,5 @@ def test_the_answer_names_a_decided_rise_on_the_way_down():
     assert sentence.startswith("KL falls from 25.0-30.0 nats on `r0` and `r1` to 0.50")
     assert "rising on the way at `r2` -> `r3`" in sentence
     falling = table([30.0, 25.0, 9.0, 4.0, 0.5])
-    assert "rising" not in abstract.trend_sentence(falling, claims.power_trend(falling, per_seed(falling)).numbers)
+    trend = claims.power_trend(falling, per_seed(falling)).numbers
+    assert "rising" not in abstract.trend_sentence(falling, trend)

@@ -193,7 +193,8 @@ def verdicts(results: pd.DataFrame, threshold: float) -> Claim:
                 if v == UNRESOLVED else "") for r in g.itertuples())
             parts.append(f"{label}: {listed}")
     by_mi = list(ordered.loc[ordered.get("verdict_by", pd.Series("kl", index=ordered.index)) == "mi", "rung"])
-    text = (f"Collapse verdicts, KL < {threshold:g} nats by the 95 % interval over seeds"
+    unit = "nat" if threshold == 1 else "nats"
+    text = (f"Collapse verdicts, KL < {threshold:g} {unit} by the 95 % interval over seeds"
             + (f" (MI for {backticked(by_mi)}, whose KL free bits floor)" if by_mi else "")
             + " (in the results table): " + "; ".join(parts) + ".")
     return Claim("verdicts", text, {v: list(g["rung"]) for v, g in groups.items()})
@@ -393,7 +394,8 @@ def probe(results: pd.DataFrame) -> Claim | None:
     text = (f"A linear probe on sampled z ~ q(z|x) reads the digit best at {acc(best)} and worst at "
             f"{acc(worst)} (every rung: the results table)"
             + (f"; on the decoders alone's z, which their decoders ignore, {100 * floor_mean:.1f}%"
-               + _floor_against_chance(floor_mean, n_test) if len(floor) else f"; chance is {CHANCE:.0%}") + ".")
+               + _floor_against_chance(floor_mean, n_test) if len(floor)
+               else f"; chance is {CHANCE:.0%}") + ".")
     return Claim("probe", text, {r.rung: r.probe_accuracy for r in results.itertuples()})
 
 

@@ -189,8 +189,8 @@ def results_table(results: pd.DataFrame) -> Table:
         "10%). Epochs: the kept (best-validation) epoch and the epochs trained, means over seeds. "
         "Verdict: collapsed or not only where the 95 % interval of KL over seeds (Student t) "
         "excludes the threshold, else unresolved"
-        + ("; of MI where free bits floor the KL" if "verdict_by" in results and (results["verdict_by"] == "mi").any()
-           else "")
+        + ("; of MI where free bits floor the KL"
+           if "verdict_by" in results and (results["verdict_by"] == "mi").any() else "")
         + "; n/a for a rung without z."))
 
 

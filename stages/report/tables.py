@@ -62,7 +62,8 @@ def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
         # free bits floor the KL by construction: whether z carries information is then its MI
         row["verdict_by"] = "mi" if uses_z and rung.objective.free_bits > 0 else "kl"
         by = row["verdict_by"]
-        row["verdict"] = claims.verdict(row[f"{by}_nats"], row[f"{by}_nats_std"], len(runs), threshold, uses_z)
+        row["verdict"] = claims.verdict(row[f"{by}_nats"], row[f"{by}_nats_std"], len(runs), threshold,
+                                        uses_z)
         row["mi_cap_nats"] = float(m["mi_cap_nats"].min())
         row["iw_k"], row["n_test"] = int(m["iw_k"].min()), int(m["n_test"].min())
         row["latent_dim"] = len(runs[0].latent)
