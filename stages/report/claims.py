@@ -73,6 +73,13 @@ def kl_interval(row) -> stats.Interval:
     return stats.Interval.of(row["kl_nats"], row["kl_nats_std"], int(row["n_seeds"]))
 
 
+def kl_floor_nats(objective, latent_dim: int) -> float:
+    """The rate an objective forces whatever z carries: free bits' lambda per latent dimension
+    (Kingma et al. 2016), 0 for every other objective. Where it is above 0, the KL is not
+    information kept, and the report judges information by the MI."""
+    return objective.free_bits * latent_dim
+
+
 def verdict_interval(row) -> stats.Interval:
     """The interval a row's verdict is decided on: its KL's, its MI's where free bits floor the KL."""
     by = row.get("verdict_by", "kl")
@@ -192,9 +199,8 @@ def verdicts(results: pd.DataFrame, threshold: float) -> Claim:
                 f" ({stats.seed_word(verdict_interval(r._asdict()).seeds_to_resolve(threshold))})"
                 if v == UNRESOLVED else "") for r in g.itertuples())
             parts.append(f"{label}: {listed}")
-    by_mi = list(ordered.loc[ordered.get("verdict_by", pd.Series("kl", index=ordered.index)) == "mi", "rung"])
-    unit = "nat" if threshold == 1 else "nats"
-    text = (f"Collapse verdicts, KL < {threshold:g} {unit} by the 95 % interval over seeds"
+    by_mi = list(ordered.loc[ordered["verdict_by"] == "mi", "rung"]) if "verdict_by" in ordered else []
+    text = (f"Collapse verdicts, KL < {stats.nats_word(threshold)} by the 95 % interval over seeds"
             + (f" (MI for {backticked(by_mi)}, whose KL free bits floor)" if by_mi else "")
             + " (in the results table): " + "; ".join(parts) + ".")
     return Claim("verdicts", text, {v: list(g["rung"]) for v, g in groups.items()})

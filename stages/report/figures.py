@@ -105,7 +105,7 @@ def _trend_line(ax, fields: np.ndarray, values: np.ndarray, color: str) -> None:
 def _threshold_line(ax, threshold: float) -> None:
     """The collapse threshold on a KL axis, dotted red."""
     ax.axhline(threshold, color="C3", ls=":", lw=1,
-               label=f"collapse threshold ({threshold:g} nat{'' if threshold == 1 else 's'})")
+               label=f"collapse threshold ({stats.nats_word(threshold)})")
 
 
 def _symlog_axis(ax, results: pd.DataFrame) -> None:

@@ -60,7 +60,8 @@ def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
             row[key] = float(m[key].mean())
             row[f"{key}_std"] = float(m[key].std(ddof=1)) if len(runs) > 1 else math.nan
         # free bits floor the KL by construction: whether z carries information is then its MI
-        row["verdict_by"] = "mi" if uses_z and rung.objective.free_bits > 0 else "kl"
+        floored = claims.kl_floor_nats(rung.objective, data.params.encoder.latent_dim) > 0
+        row["verdict_by"] = "mi" if uses_z and floored else "kl"
         by = row["verdict_by"]
         row["verdict"] = claims.verdict(row[f"{by}_nats"], row[f"{by}_nats_std"], len(runs), threshold,
                                         uses_z)
