@@ -21,17 +21,13 @@ from typing import Any
 import pandas as pd
 
 from stages.report import stats
-from stages.report.claims import COLLAPSED, KEPT, Claim, kl_interval, trend_rungs
+from stages.report.claims import COLLAPSED, KEPT, Claim, kl_interval, tie_group, trend_rungs
 from stages.report.zadds import BETTER, TIE, WORSE
 
 
 def _names(rungs) -> str:
     rungs = [f"`{r}`" for r in rungs]
     return rungs[0] if len(rungs) == 1 else ", ".join(rungs[:-1]) + " and " + rungs[-1]
-
-
-def _ticked(rungs) -> str:
-    return "/".join(f"`{r}`" for r in rungs)
 
 
 def _kl(row) -> str:
@@ -60,7 +56,7 @@ def trend_sentence(results: pd.DataFrame, trend: dict[str, Any]) -> str:
             f", then moves without a decided direction up to `{top.rung}` ({_kl(top)})")
     risen = [s for s in steps[:falls[-1]] if s["word"] == "rises"]  # a decided rise on the way down
     on_the_way = ("" if not risen else ", rising on the way at "
-                  + ", ".join(f"{_ticked(s['from'])} -> {_ticked(s['to'])}" for s in risen))
+                  + ", ".join(f"{tie_group(s['from'])} -> {tie_group(s['to'])}" for s in risen))
     return (f"KL falls from {start_text} to {_kl(end)} at `{end.rung}` ({int(end.receptive_field)} "
             f"pixels of context){on_the_way}{tail} ({rho}).")
 

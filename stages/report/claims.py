@@ -125,14 +125,15 @@ def steps(trend: pd.DataFrame, column: str = "kl_nats") -> list[dict[str, Any]]:
     return out
 
 
-def _group(names: list[str]) -> str:
+def tie_group(names: list[str]) -> str:
+    """'`a`/`b`': rungs of one receptive field, a tie."""
     return "/".join(f"`{r}`" for r in names)
 
 
 def step_phrases(walk: list[dict[str, Any]], said: dict[str, str]) -> str:
     """The steps grouped by word, in the order of `said` (word -> verb phrase): 'falls at `a` ->
     `b`, `b` -> `c`; it is flat at `c` -> `d`/`e`'."""
-    return "; it ".join(f"{verb} " + ", ".join(f"{_group(w['from'])} -> {_group(w['to'])}"
+    return "; it ".join(f"{verb} " + ", ".join(f"{tie_group(w['from'])} -> {tie_group(w['to'])}"
                                                for w in walk if w["word"] == word)
                         for word, verb in said.items() if any(w["word"] == word for w in walk))
 
@@ -153,7 +154,8 @@ def power_trend(results: pd.DataFrame, per_seed: pd.DataFrame) -> Claim | None:
     text = ("KL along the receptive field: Spearman's rho "
             + ("undefined" if pd.isna(rho) else f"{rho:.2f}, exact p = {p:.3f}") + f" (n = {len(trend)}). "
             + "It " + step_phrases(walk, said)
-            + (f"; {', '.join(_group(t) for t in ties)} share a receptive field: a tie, not an order" if ties else "")
+            + (f"; {', '.join(tie_group(t) for t in ties)} share a receptive field: a tie, not an order"
+               if ties else "")
             + "." + (" KL plateaus at the top." if top_flat else "") + " (95 % intervals: the table of steps.)")
     return Claim("power_trend", text, {
         "spearman_rho": rho, "spearman_p": p, "n_rungs": len(trend), "step_words": words,
