@@ -1,7 +1,7 @@
 """`vae-study bench`: the study's speed, measured against this machine's own limit in one run.
 
-- peak: the best dense matmul rate in fp32 and bf16 (GFLOP/s), the ceiling every other
-  figure is divided by, measured in the same run so a busy shared machine still gives a
+- peak: the best dense matmul rate in fp32 and bf16 (GFLOP/s; square products up to 2048, smaller
+  where one already takes 50 ms), the ceiling every other figure is divided by, measured in the same run so a busy shared machine still gives a
   fair ratio;
 - train: one optimizer step of every rung at its params.yaml size (images/s; GFLOP/s from
   torch's FLOP counter: convolutions and matmuls, forward and backward, counted dense as
@@ -58,9 +58,25 @@ def best_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 2) -> fl
     return peer.round_robin({"fn": fn}, rounds=repeats, warmup=warmup)["fn"]
 
 
-def matmul_peak_gflops(dtype: torch.dtype, n: int = 2048) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2 * n**3 / best_seconds(lambda: a @ b, repeats=10, warmup=3) / 1e9
+def matmul_size(seconds_at: Callable[[int], float], min_seconds: float = 0.05, n_min: int = 256,
+                n_max: int = 2048) -> int:
+    """The side n of the peak's square matmul: doubled from n_min until one product takes
+    min_seconds, at most n_max. Large enough to run near the peak where a dtype has a native
+    kernel (n_max on every CPU measured), small where it has none: bf16 on an AVX2-only CPU runs
+    at about 1 GFLOP/s, where a 2048 product takes 14 s and the peak would take minutes."""
+    n = n_min
+    while n < n_max and seconds_at(n) < min_seconds:
+        n *= 2
+    return n
+
+
+def matmul_peak_gflops(dtype: torch.dtype) -> float:
+    def product(n: int) -> Callable[[], torch.Tensor]:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)  # (n, n) each
+        return lambda: a @ b
+
+    n = matmul_size(lambda n: best_seconds(product(n), repeats=1, warmup=1))
+    return 2 * n**3 / best_seconds(product(n), repeats=10, warmup=3) / 1e9
 
 
 def images(splits: dict[str, Split] | None, n: int, split: str = "train") -> torch.Tensor:

@@ -51,6 +51,19 @@ def test_bench_gives_every_rate_as_a_ratio_to_the_peak_of_the_same_run(tmp_path,
     assert "step of pixelcnn_2" in capsys.readouterr().out
 
 
+
+def test_the_matmul_peak_grows_its_product_until_one_takes_long_enough_and_no_further():
+    timed = []
+
+    def seconds_at_1_gflops(n: int) -> float:  # bf16 on an AVX2-only CPU runs at about this rate
+        timed.append(n)
+        return 2 * n**3 / 1e9
+
+    assert bench.matmul_size(seconds_at_1_gflops) == 512  # 256: 34 ms, 512: 268 ms >= 50 ms
+    assert timed == [256, 512]
+    assert bench.matmul_size(lambda n: 2 * n**3 / 1e12) == 2048  # a native kernel: the cap
+    assert bench.matmul_peak_gflops(torch.bfloat16) > 0
+
 PEER_DECODER = '''
 import torch
 from torch import nn
