@@ -1,8 +1,9 @@
 """`vae-study bench`: the study's speed, measured against this machine's own limit in one run.
 
 - peak: the best dense matmul rate in fp32 and bf16 (GFLOP/s; square products up to 2048, smaller
-  where one already takes 50 ms), the ceiling every other figure is divided by, measured in the same run so a busy shared machine still gives a
-  fair ratio;
+  where one already takes 50 ms); the train stage's precision's peak is the ceiling every training
+  figure is divided by (fp32's on a CPU without native bf16, where bf16 is emulated), measured in
+  the same run so a busy shared machine still gives a fair ratio;
 - train: one optimizer step of every rung at its params.yaml size (images/s; GFLOP/s from
   torch's FLOP counter: convolutions and matmuls, forward and backward, counted dense as
   executed, so a masked convolution's zeroed taps count too), in the precision the train
@@ -139,25 +140,26 @@ def elementwise_pass(shape: tuple[int, ...], precision: Precision) -> dict[str, 
             "gb_per_s": 2 * a.numel() * a.element_size() / seconds / 1e9}
 
 
-def throughput(label: str, n_images: int, seconds: float, flops: int, peak_bf16: float) -> dict[str, float]:
-    """One training-step figure as images/s and GFLOP/s, with its ratio to the bf16 peak; printed."""
+def throughput(label: str, n_images: int, seconds: float, flops: int, peak: float) -> dict[str, float]:
+    """One training-step figure as images/s and GFLOP/s, with its ratio to the matmul peak of the
+    precision it ran in; printed."""
     gflops = flops / seconds / 1e9
     row = {"images_per_s": n_images / seconds, "gflop_per_step": flops / 1e9, "gflops": gflops,
-           "ratio_to_bf16_peak": gflops / peak_bf16}
+           "ratio_to_peak": gflops / peak}
     print(f"train {label:<16} {row['images_per_s']:8.0f} img/s {gflops:7.0f} GFLOP/s "
-          f"({row['ratio_to_bf16_peak']:.0%} of bf16 peak)")
+          f"({row['ratio_to_peak']:.0%} of peak)")
     return row
 
 
-def breakdown_row(rung: str, seconds: float, parts: dict[str, float], peak_bf16: float,
+def breakdown_row(rung: str, seconds: float, parts: dict[str, float], peak: float,
                   memory_pass: dict[str, Any]) -> dict[str, Any]:
     """The deepest PixelCNN's step split into convolutions and the rest; printed."""
     share = parts["convolution_ms"] / parts["profiled_step_ms"]
     row = {"rung": rung, "step_ms": seconds * 1e3, **parts, "convolution_share": share,
-           "convolution_ratio_to_bf16_peak": parts["convolution_gflops"] / peak_bf16,
+           "convolution_ratio_to_peak": parts["convolution_gflops"] / peak,
            "elementwise_pass": memory_pass}
     print(f"step of {rung}: {share:.0%} in convolutions at {parts['convolution_gflops']:.0f} GFLOP/s "
-          f"({row['convolution_ratio_to_bf16_peak']:.0%} of bf16 peak), {parts['other_ms']:.1f} of "
+          f"({row['convolution_ratio_to_peak']:.0%} of peak), {parts['other_ms']:.1f} of "
           f"{parts['profiled_step_ms']:.1f} ms (profiled) elsewhere; one ReLU over a "
           f"{tuple(memory_pass['shape'])} {memory_pass['dtype']} activation {memory_pass['ms']:.2f} ms "
           f"({memory_pass['gb_per_s']:.0f} GB/s)")
@@ -205,6 +207,7 @@ def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = Tr
     peak = {"fp32": matmul_peak_gflops(torch.float32), "bf16": matmul_peak_gflops(torch.bfloat16)}
     result["peak_gflops"] = peak
     print(f"matmul peak: fp32 {peak['fp32']:.0f} GFLOP/s, bf16 {peak['bf16']:.0f} GFLOP/s")
+    train_peak = peak[train_precision.name]  # the ceiling of the train stage's precision
 
     deepest_pixelcnn, deepest_gated = deepest(params, "pixelcnn"), deepest(params, "gated_pixelcnn")
 
@@ -214,10 +217,10 @@ def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = Tr
         seconds, flops, parts = train_step_rate(build_model(rung, params.encoder), batch, train_precision,
                                                 breakdown=name == deepest_pixelcnn and device.type == "cpu")
         train_rows[name] = {"family": rung.family,
-                            **throughput(name, len(batch), seconds, flops, peak["bf16"])}
+                            **throughput(name, len(batch), seconds, flops, train_peak)}
         if parts is not None:
             activation = (len(batch), rung.decoder.channels, *IMAGE_SHAPE[1:])
-            result["step_breakdown"] = breakdown_row(name, seconds, parts, peak["bf16"],
+            result["step_breakdown"] = breakdown_row(name, seconds, parts, train_peak,
                                                      elementwise_pass(activation, train_precision))
     result["train"] = train_rows
     result["peak_rss_mib_after_train"] = peak_rss_mib()
@@ -229,7 +232,7 @@ def run(params: StudyParams, layout: Layout, out: Path, full_mlp_eval: bool = Tr
             seconds, flops, _ = train_step_rate(build_model(variant, params.encoder), batch,
                                                 train_precision, compile_decoder=compiled)
             result.setdefault("train_variants", {})[f"{deepest_pixelcnn}, {label}"] = throughput(
-                f"{deepest_pixelcnn}, {label}", len(batch), seconds, flops, peak["bf16"])
+                f"{deepest_pixelcnn}, {label}", len(batch), seconds, flops, train_peak)
     result["peer"] = peer.compare(peer_dir, params.train.batch_size, params.encoder.latent_dim,
                                   train_precision, resolve_precision("fp32", device))
 
