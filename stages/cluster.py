@@ -15,7 +15,7 @@ one git clone per worker, the clones sharing a cache. This command does that wit
   entries, each renamed into place whole (`push_runs`): a worker killed mid-stage pushes nothing,
   and the scheduler reruns its task elsewhere;
 * at the end `dvc repro --pull` in the workspace restores every stage from the run-cache; the
-  stages with git-tracked outputs (`cache: false`: the report), which DVC keeps out of the
+  stages with git-tracked outputs (`cache: false`: gather and the report), which DVC keeps out of the
   run-cache, run there. Only the coordinator writes dvc.lock.
 
 A coordinator killed and rerun finds the finished stages in the run-cache and recomputes none.

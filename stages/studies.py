@@ -27,6 +27,7 @@ from typing import Any
 import typer
 import yaml
 
+from stages import gather
 from stages.errors import ParamsError
 from stages.fsutil import write_text
 from stages.layout import Layout
@@ -89,16 +90,20 @@ def pipeline(default: dict[str, Any], study: str, params: Any = None) -> dict[st
     """The named study's dvc.yaml (as a mapping) derived from the default one; with `params`
     of a grid study (an `objectives` section), its train and evaluate stages per grid run."""
     Layout(Path("."), study)  # refuses a bad study name
+    if study == gather.FOLDER:  # reports/inputs is the default study's gathered copy
+        raise ParamsError(f"study name {study!r} is taken by the default study's reports/{study}/: "
+                          "choose another")
     params_file = f"profiles/{study}/params.yaml"
     stages = {}
     for name, stage in default["stages"].items():
         if name == "download":
             continue
         s: dict[str, Any] = {"wdir": "../.."}
+        # the study's params file for the commands of a stage that reads params (gather reads none)
+        given = f" --params {params_file}" if "params" in stage or "params.yaml" in stage.get("deps", []) else ""
         for key, value in stage.items():
             if key == "cmd":  # one command line or a list of them, each run with the study's files
-                commands = [f"{c} --params {params_file} --study {study}"
-                            for c in (value if isinstance(value, list) else [value])]
+                commands = [f"{c}{given} --study {study}" for c in (value if isinstance(value, list) else [value])]
                 value = commands if isinstance(value, list) else commands[0]
             elif key == "params":
                 value = [{params_file: value}]

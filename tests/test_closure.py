@@ -72,7 +72,13 @@ def test_binarize_runs_no_decoder_family_and_the_report_no_training():
                 "stages/estimators.py", "torch"} & report
 
 
-@pytest.mark.parametrize("command", ["download", "binarize", "check-names", "report", "validate"])
+def test_gather_runs_no_report_code_so_a_report_change_reruns_the_report_alone():
+    gather = rel(closure.command_closure("gather"))
+    assert "stages/gather.py" in gather and not any(f.startswith("stages/report") for f in gather)
+    assert "stages/params.py" not in gather  # nor the params schema: it copies files
+
+
+@pytest.mark.parametrize("command", ["download", "binarize", "check-names", "gather", "report", "validate"])
 def test_what_a_command_imports_when_it_runs_is_inside_its_static_closure(command):
     """The static closure is a superset of what Python actually loads for the command (its
     module-level imports; function-level ones are read from the source by the same walk)."""
@@ -91,7 +97,7 @@ def test_each_command_is_found_by_the_cli_without_importing_it():
     from stages import cli
 
     names = set(cli.commands())
-    assert {"download", "validate", "binarize", "train", "evaluate", "report", "check-names",
+    assert {"download", "validate", "binarize", "train", "evaluate", "gather", "report", "check-names",
             "study-pipeline", "bench"} <= names
     for name in names:
         assert closure.module_file(closure.command_module(name)) is not None, name

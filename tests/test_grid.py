@@ -19,7 +19,8 @@ from stages import report
 from stages.errors import ParamsError
 from stages.layout import Layout
 from stages.params import parse_params
-from stages.report import grid
+from stages.report import abstract, grid
+from stages.report.claims import Claim
 from stages.studies import check_grid_pipeline, write_pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +85,7 @@ def test_the_grid_report_shows_each_objective_against_the_elbo_at_each_power(tmp
                                "grid_aggressive_phase", "grid_top_against_alone"]
     # every finding reads in one breath: its numbers are in the tables
     assert {k: n for k, c in found.items() if k != "abstract" and (n := len(c["text"].split())) > 60} == {}
-    assert "Of the remedies at `pixelcnn_2`, `beta` keeps more KL" in found["abstract"]["text"]
+    assert "Of the remedies at `pixelcnn_2`, `beta` keeps more information in z" in found["abstract"]["text"]
     md = (layout.reports / "report.md").read_text()
     assert "## The grid: power x objective" in md and "He et al., OMNIGLOT" in md
     assert "| `pixelcnn_2` | `beta` | 3.12 [2.81, 3.44] |" in md  # the cells, with 95 % intervals
@@ -202,6 +203,12 @@ def test_free_bits_are_judged_by_mi_because_their_kl_is_floored_by_construction(
                                      "kl_floor_nats": 8.0}
     assert claim.numbers["beta"]["more_kl_at"] == ["a"]  # no floor: its KL is information it chose
     assert "by MI for `free`, whose KL free bits floor" in claim.text
+    # the answer says "information", judged as the claim judges it, never "KL" for a floored rate
+    top = Claim("grid_top_against_alone", "", {"rung": "a", "better": [], "words": {}})
+    sentence = abstract.remedies_sentence({"grid_objectives": claim, "grid_top_against_alone": top})
+    assert sentence.startswith("Of the remedies at `a`, `beta` keeps more information in z than the ELBO "
+                               "(Welch 95 %, by KL; by MI for `free`, whose KL free bits floor)")
+    assert "KL than" not in sentence
 
 
 def test_the_aggressive_phase_table_rounds_mean_epochs_over_seeds():
@@ -210,3 +217,26 @@ def test_the_aggressive_phase_table_rounds_mean_epochs_over_seeds():
                            "valid_mi_last_nats": 2.49, "valid_mi_cap_nats": 6.91}])
     _, rows, _ = grid.phase_table(cells)
     assert rows == [["`aggressive`", "`gated_5`", "3.33 of 5", "5.0 (cap 6)", "2.49 (cap 6.91)"]]
+
+
+def test_a_kl_that_free_bits_floor_is_not_information_the_verdict_reads_the_mi(tmp_path):
+    """Free bits hold the KL near latent_dim x lambda whatever z carries: a free-bits cell whose
+    MI is near 0 has collapsed, though its KL of 8 nats would call it 'kept'."""
+    raw = params_dict(seeds=(0, 1, 2), rungs=("mlp",))
+    raw["objectives"] = {"elbo": {}, "free": {"free_bits": 0.5}}
+    params, layout = parse_params(raw), Layout(tmp_path)
+    make_project(tmp_path, seeds=(0, 1, 2), rungs=("mlp",))  # the summary and reference files
+    shutil.copy(REPO / "reference/remedies.csv", layout.remedies)
+    for run, cell in params.cells.items():
+        for s in (0, 1, 2):
+            v = dict(LADDER["mlp"][1], kl=LADDER["mlp"][1]["kl"] + 0.05 * s)
+            if cell.objective == "free":
+                v.update(kl=8.0 + 0.05 * s, mi=0.2 + 0.05 * s)
+            write_run(layout, run, s, v, "mlp")
+    report.run(params, layout)
+    results = pd.read_csv(layout.reports / "results.csv").set_index("rung")
+    assert tuple(results.loc["mlp__free", ["verdict_by", "verdict"]]) == ("mi", "collapsed")
+    assert tuple(results.loc["mlp__elbo", ["verdict_by", "verdict"]]) == ("kl", "not collapsed")
+    text = json.loads((layout.reports / "claims.json").read_text())["verdicts"]["text"]
+    assert "(MI for `mlp__free`, whose KL free bits floor)" in text and "collapsed: `mlp__free`" in text
+    assert "of MI where free bits floor the KL" in (layout.reports / "report.md").read_text()

@@ -31,6 +31,7 @@ from helpers import (
     stale_code,
 )
 
+from stages import gather
 from stages.errors import ParamsError
 from stages.layout import Layout
 from stages.live import read_history
@@ -50,7 +51,7 @@ EVALUATE = {f"evaluate@{r}-{s}" for r in RUNGS for s in PARAMS["seeds"]}
 def built(tmp_path_factory) -> Path:
     """The tiny study after one full `dvc repro`, committed."""
     root, out = built_study(tmp_path_factory.mktemp("built") / "study", PARAMS)
-    assert set(ran_stages(out)) == {"validate", "binarize", *TRAIN, *EVALUATE, "report"}
+    assert set(ran_stages(out)) == {"validate", "binarize", *TRAIN, *EVALUATE, "gather", "report"}
     return root
 
 
@@ -108,6 +109,12 @@ def test_dvc_yaml_writes_where_the_code_expects(built):
     assert stages["binarize"]["outs"] == [str(layout.binarized)]
     assert stages["validate"]["outs"] == [str(layout.params_stamp)]
     assert str(layout.params_stamp) in stages["binarize"]["deps"]  # upstream of every params reader
+    # gather copies exactly what it depends on; the report reads only its copy, which git tracks
+    assert [d for d in stages["gather"]["deps"] if not d.startswith("stages/")] == list(
+        map(str, gather.sources(layout)))
+    assert stages["gather"]["outs"] == [{str(gather.gathered(layout).data): {"cache": False}}]
+    assert str(gather.gathered(layout).data) in stages["report"]["deps"]
+    assert not any(d.startswith("data/") for d in stages["report"]["deps"])
 
 
 def test_the_modules_that_define_defaults_are_deps_of_the_stages_that_use_them():
@@ -124,21 +131,21 @@ def test_editing_one_decoder_reruns_exactly_its_stages_and_the_report(study):
     expected = {"train@pixelcnn_2-0", "train@pixelcnn_2-1", "evaluate@pixelcnn_2-0",
                 "evaluate@pixelcnn_2-1", "report"}
     assert marked == expected
-    assert downstream(study, marked) == expected
+    assert downstream(study, marked) == expected | {"gather"}  # gather reruns once evaluation has
 
 
 def test_editing_evaluation_keys_reruns_only_evaluation_and_the_report(study):
     edit_params(study, lambda p: p["evaluate"].update(k=16))
     marked = stage_status(study) - {"validate"}
     assert marked == EVALUATE
-    assert downstream(study, marked) == EVALUATE | {"report"}
+    assert downstream(study, marked) == EVALUATE | {"gather", "report"}
 
 
 def test_editing_binarization_reruns_everything_downstream(study):
     edit_params(study, lambda p: p["binarize"].update(seed=3))
     marked = stage_status(study) - {"validate"}
     assert marked == {"binarize"}
-    assert downstream(study, marked) == {"binarize", *TRAIN, *EVALUATE, "report"}
+    assert downstream(study, marked) == {"binarize", *TRAIN, *EVALUATE, "gather", "report"}
 
 
 def test_adding_a_decoder_adds_its_stages_and_reruns_only_the_report(study):
@@ -146,7 +153,7 @@ def test_adding_a_decoder_adds_its_stages_and_reruns_only_the_report(study):
     new = {"train@mlp-0", "train@mlp-1", "evaluate@mlp-0", "evaluate@mlp-1"}
     assert stage_status(study) == new | {"validate", "report"}
     out = dvc(study, "repro").stdout
-    assert set(ran_stages(out)) == new | {"validate", "report"}
+    assert set(ran_stages(out)) == new | {"validate", "gather", "report"}
     assert "mlp" in (study / "reports/results.csv").read_text()
 
 
@@ -185,18 +192,33 @@ def test_a_collaborator_pulls_instead_of_recomputing(study, tmp_path):
         assert (clone / path).read_bytes() == (study / path).read_bytes(), path
 
     # A collaborator whose dvc.lock lacks the results (other machines ran those stages and
-    # pushed the run-cache): every computing stage is restored from the run-cache; only the
-    # report renders again (its outputs live in git, and the run-cache carries cached outputs).
+    # pushed the run-cache): every computing stage is restored from the run-cache; only gather
+    # and the report run again (their outputs live in git; the run-cache carries cached outputs).
     other = tmp_path / "other"
     sh(tmp_path, "git", "clone", "-q", str(study), str(other))
     lock = yaml.safe_load((other / "dvc.lock").read_text())
     lock["stages"] = {"download": lock["stages"]["download"]}
     (other / "dvc.lock").write_text(yaml.safe_dump(lock, sort_keys=False))
     out = dvc(other, "repro", "--pull").stdout
-    assert ran_stages(out) == ["report"]
+    assert ran_stages(out) == ["gather", "report"]
     assert out.count("is cached - skipping run") == len(TRAIN | EVALUATE) + 2  # + validate, binarize
     assert metrics(other) == metrics(study)
     assert (other / "reports/results.csv").read_bytes() == (study / "reports/results.csv").read_bytes()
+
+
+def test_a_report_code_change_renders_again_from_git_alone_on_a_fresh_clone(study, tmp_path):
+    """The report reads only reports/inputs, which git tracks (the gather stage's copy): on a
+    clone with no data and no DVC cache, a change to the report's code stales the report alone,
+    `dvc repro -s report` renders it again in seconds, and its lock then records the new code."""
+    clone = tmp_path / "clone"
+    sh(tmp_path, "git", "clone", "-q", str(study), str(clone))
+    assert not (clone / "data/metrics").exists() and (clone / "reports/inputs/metrics").is_dir()
+    page = clone / "stages/report/page.py"
+    page.write_text(page.read_text() + "\n# a report-code change\n")
+    assert stale_code(clone) == {"report": ["stages/report"]}
+    assert ran_stages(dvc(clone, "repro", "-s", "report").stdout) == ["report"]
+    assert stale_code(clone) == {}
+    assert (clone / "reports/results.csv").read_bytes() == (study / "reports/results.csv").read_bytes()
 
 
 def test_the_stale_code_check_names_each_stage_whose_lock_records_other_code_or_params(study):
@@ -311,7 +333,7 @@ def test_the_paper_profile_validates_and_expands_into_the_expected_stages(study)
     assert paper.binarize.train_subset is None and paper.binarize.valid_size == 10000
     assert all(r.decoder.gated for n, r in paper.decoders.items() if r.family == "pixelcnn")
     names = set(dvc(study, "stage", "list", "--name-only").stdout.split())
-    expected = {"validate", "download", "binarize", "report"}
+    expected = {"validate", "download", "binarize", "gather", "report"}
     expected |= {f"{stage}@{rung}-{seed}" for stage in ("train", "evaluate")
                  for rung in paper.decoders for seed in paper.seeds}
     assert names == expected
@@ -331,12 +353,14 @@ def test_the_long_pipeline_is_the_default_one_with_its_own_params_and_folders():
             for o in stages["train"]["outs"]] == [str(layout.model("RUNG", 7))]
     assert stages["binarize"]["outs"] == [str(layout.binarized)]
     assert stages["report"]["outs"][0] == {str(layout.reports / "results.csv"): {"cache": False}}
+    assert [d for d in stages["gather"]["deps"] if not d.startswith("stages/")] == list(
+        map(str, gather.sources(layout)))
     assert study_path("data/raw/x", "long") == "data/raw/x"  # the download is shared
     # No stage reads another study's outputs: `dvc repro profiles/long/dvc.yaml` on a fresh clone
     # runs the long study alone, not the default one first.
     for name, stage in stages.items():
         foreign = [d for d in stage["deps"] if d.startswith(("data/", "reports/"))
-                   and not d.startswith(("data/long/", "data/raw/"))]
+                   and not d.startswith(("data/long/", "data/raw/", "reports/long/"))]
         assert not foreign, f"{name} depends on {foreign}"
     assert "--compare-with" not in stages["report"]["cmd"]
 
@@ -364,6 +388,11 @@ def test_the_long_profile_is_the_default_ladder_below_the_gated_rungs_early_stop
     assert (long.evaluate.k, long.evaluate.n_test) >= (default.evaluate.k, default.evaluate.n_test)
 
 
+def test_no_named_study_takes_the_default_studys_gathered_copy():
+    with pytest.raises(ParamsError, match="study name 'inputs' is taken"):
+        pipeline({"stages": {}}, gather.FOLDER)
+
+
 def test_a_named_study_reproduces_into_its_own_folders_leaving_the_default_untouched(study):
     """`dvc repro profiles/<study>/dvc.yaml` writes data/<study>/ and reports/<study>/ only; the
     default study's dvc.lock and reports/ keep their bytes, and a second repro does nothing."""
@@ -381,13 +410,14 @@ def test_a_named_study_reproduces_into_its_own_folders_leaving_the_default_untou
     out = dvc(study, "repro", "profiles/tiny/dvc.yaml").stdout
     ran = set(ran_stages(out))
     assert ran == {f"profiles/tiny/dvc.yaml:{s}"
-                   for s in ("validate", "binarize", *TRAIN, *EVALUATE, "report")}
+                   for s in ("validate", "binarize", *TRAIN, *EVALUATE, "gather", "report")}
     assert {p: (study / p).read_bytes() for p in before} == before
     layout = Layout(study, "tiny")
     assert all(layout.model(r, s).exists() for r in RUNGS for s in PARAMS["seeds"])
     report = (study / "reports/tiny/report.md").read_text()
     assert "## Against the baseline" not in report  # across studies is `vae-study answer`'s
-    assert "Convergence: a run stops once 1 epoch in a row has not" in report
+    assert "### Convergence" in report and "A run stops once 1 epoch in a row has not raised" in report
+    assert "runs met the stopping rule before the 6-epoch cap" in report
     results = pd.read_csv(study / "reports/tiny/results.csv")
     assert (results["epochs_trained"] <= 6).all()
     assert ran_stages(dvc(study, "repro", "profiles/tiny/dvc.yaml").stdout) == []
@@ -407,7 +437,7 @@ def test_a_grid_study_reproduces_every_run_once_and_an_objective_added_reruns_on
     sh(study, "vae-study", "study-pipeline", "g")
     runs = ["linear__elbo", "linear__aggressive", "pixelcnn_2__elbo", "pixelcnn_2__aggressive", "pixelcnn_2_alone"]
     ran = set(ran_stages(dvc(study, "repro", "profiles/g/dvc.yaml").stdout))
-    assert ran == {f"profiles/g/dvc.yaml:{s}" for s in ("validate", "binarize", "report",
+    assert ran == {f"profiles/g/dvc.yaml:{s}" for s in ("validate", "binarize", "gather", "report",
                                                          *(f"{st}@{r}-0" for st in ("train", "evaluate") for r in runs))}
     claims = json.loads((study / "reports/g/claims.json").read_text())
     assert "grid_objectives" in claims and "grid_top_against_alone" in claims

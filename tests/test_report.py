@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from stages import report
+from stages import gather, report
 from stages.errors import DataError
 from stages.evaluate import code_sha256, metrics_text
 from stages.layout import Layout
@@ -469,16 +469,18 @@ def test_git_revision_is_reported(tmp_path):
 def test_cli_renders_the_report_and_reports_missing_files(tmp_path):
     make_project(tmp_path)
     cli = Path(sys.executable).with_name("vae-study")
+    subprocess.run([str(cli), "gather", "--root", str(tmp_path)], check=True, capture_output=True)
     cmd = [str(cli), "report", "--root", str(tmp_path), "--params", str(tmp_path / "params.yaml")]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "KL falls at no step up the power axis at 95 %" in done.stdout and "Scope: MNIST" in done.stdout
     for name in ("results.csv", "report.md", "index.html", "figures/headline.png"):
         assert (tmp_path / "reports" / name).stat().st_size > 0
-    Layout(tmp_path).metrics("conv", 0).unlink()
+    gather.gathered(Layout(tmp_path)).metrics("conv", 0).unlink()  # the report reads the copy only
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert "error: report: 1 input file(s) missing" in done.stderr and "conv/seed0.json" in done.stderr
+    assert "written by stage gather: run `dvc repro gather`" in done.stderr
 
 
 def test_html_is_self_contained_and_escaped(rendered):
@@ -508,32 +510,33 @@ def test_page_opens_in_a_browser_with_every_image_shown(rendered, chromium, tmp_
     assert total == len(FIGURES) and ok == total
 
 
-def test_a_baseline_study_is_compared_rung_by_rung(tmp_path, rendered):
-    """--compare-with: the other study's KL beside this one's, in a table and a claim."""
-    _, base_layout, _ = rendered
-    baseline = pd.read_csv(base_layout.reports / "results.csv")
-    baseline.loc[baseline["rung"] == "mlp", "kl_nats"] -= 5.0  # this study gained 5 nats on mlp
-    baseline.to_csv(tmp_path / "baseline.csv", index=False)
-    (tmp_path / "long").mkdir()
-    params, layout = make_project(tmp_path / "long", seeds=(0, 1), jitter=lambda r, s: {"kl_nats": 0.1 * s})
-    report.run(params, layout, compare_with=tmp_path / "baseline.csv")
-    versus = claims_of(layout)["versus_baseline"]
-    assert versus["numbers"]["gained"] == [] and "mlp" in versus["numbers"]["no_spread"]  # one seed there
-    md = (layout.reports / "report.md").read_text()
-    assert "## Against the baseline" in md and "(3 epochs, K = " in md
-    row = next(line for line in md.splitlines() if line.startswith("| `mlp`") and "+5." in line)
-    assert "no spread" in row and "cannot be judged on `mlp`" in versus["text"]
-    assert versus["numbers"]["regained"] == [] and "1 seed)" in versus["text"]  # no verdict there
-
-
-def test_a_baseline_that_is_not_a_results_table_is_refused_before_anything_is_written(tmp_path):
+def test_the_report_renders_the_same_from_the_gathered_copies_alone(tmp_path):
+    """The report stage reads reports/inputs (stages.gather), which git tracks: with data/ gone,
+    as on a clone, it renders the same tables and claims; only the sources line moves."""
     params, layout = make_project(tmp_path)
-    (tmp_path / "other.csv").write_text("rung,kl_nats\nmlp,3.0\n")
-    with pytest.raises(DataError, match=r"other.csv is not a results table.*lacks role"):
-        report.run(params, layout, compare_with=tmp_path / "other.csv")
-    with pytest.raises(DataError, match="cannot read .*missing.csv"):
-        report.run(params, layout, compare_with=tmp_path / "missing.csv")
-    assert not layout.reports.exists()
+    report.run(params, layout)
+    direct = {name: (layout.reports / name).read_bytes() for name in ("results.csv", "claims.json")}
+    md_direct = (layout.reports / "report.md").read_text()
+    gather.gather(layout)
+    shutil.rmtree(tmp_path / "data")
+    report.run(params, gather.gathered(layout))
+    assert {name: (layout.reports / name).read_bytes() for name in direct} == direct
+    md = (layout.reports / "report.md").read_text()
+    assert "reports/inputs/metrics" in md and md.replace("reports/inputs/", "data/") == md_direct
+
+
+def test_gather_names_what_is_missing_and_keeps_the_copy_it_had(tmp_path):
+    params, layout = make_project(tmp_path)
+    gather.gather(layout)
+    had = sorted(p.relative_to(gather.gathered(layout).data) for p in gather.gathered(layout).data.rglob("*"))
+    assert Path("metrics/mlp/seed0.json") in had and Path("binarized/summary.json") in had
+    shutil.rmtree(layout.data / "eval")
+    with pytest.raises(DataError, match=r"gather: missing .*data/eval.*dvc repro"):
+        gather.gather(layout)
+    assert sorted(p.relative_to(gather.gathered(layout).data) for p in gather.gathered(layout).data.rglob("*")) == had
+    shutil.rmtree(gather.gathered(layout).data / "metrics")  # a copy lost: the report names the stage that writes it
+    with pytest.raises(DataError, match=r"inputs/metrics/\S+ +\(written by stage gather"):
+        report.run(params, gather.gathered(layout))
 
 
 def test_the_training_figure_averages_only_where_every_seed_still_trains():

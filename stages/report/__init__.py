@@ -32,27 +32,19 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import typer
 
 from stages.fsutil import ensure_writable_dir, write_csv, write_json, write_text
+from stages.gather import gathered
 from stages.layout import Layout
 from stages.options import PARAMS, ROOT, STUDY
 from stages.params import StudyParams
 from stages.report import abstract, claims, figures, grid, page, zadds
-from stages.report.collect import ReportData, Run, collect, dvc_version, git_revision, read_baseline
+from stages.report.collect import ReportData, Run, collect, dvc_version, git_revision
 from stages.report.tables import (history_table, k_curve_table, paper_scale, power_of, summarize,
                                   training_runs)
 
 __all__ = ["ReportData", "Run", "collect", "history_table", "k_curve_table", "paper_scale", "power_of",
-           "read_baseline", "run", "summarize", "training_runs"]
-
-
-def baseline_label(path: Path, baseline: pd.DataFrame) -> str:
-    epochs = sorted({round(e) for e in baseline["epochs_trained"]})
-    seeds = int(baseline["n_seeds"].max())
-    span = f"{epochs[0]}" if len(epochs) == 1 else f"{epochs[0]}-{epochs[-1]}"
-    return (f"the study in `{path}` ({span} epochs, K = {int(baseline['iw_k'].min()):,} on "
-            f"{int(baseline['n_test'].min()):,} test images, {seeds} seed{'s' if seeds != 1 else ''})")
+           "run", "summarize", "training_runs"]
 
 
 def study_claims(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
@@ -61,15 +53,10 @@ def study_claims(data: ReportData, results: pd.DataFrame, history: pd.DataFrame,
     per_seed = pd.DataFrame([{"rung": r, "seed": s, "kl_nats": run.metrics["kl_nats"]}
                              for (r, s), run in data.runs.items()])
     t = data.params.train
-    versus = top = None
-    if data.baseline is not None:
-        label = baseline_label(data.baseline_path, data.baseline)
-        versus = claims.versus_baseline(results, data.baseline, threshold, label)
-        top = zadds.top_with_training(results, data.baseline, label)
     z_claims = (zadds.collapse_optimum(z_adds, results), zadds.what_z_adds(z_adds, results))
     found = claims.all_claims(results, per_seed, history, k_curves, threshold,
                               claims.convergence(training_runs(data), results, t.patience,
-                                                 t.min_delta_nats, t.epochs), versus, top, z_claims)
+                                                 t.min_delta_nats, t.epochs), z_claims)
     strength = zadds.strength_claim(z_adds, results) if not z_adds.empty else None
     if strength is not None:  # beside what z adds
         at = next((i + 1 for i, c in enumerate(found) if c.name == "what_z_adds"), len(found))
@@ -107,13 +94,10 @@ def build_figures(data: ReportData, results: pd.DataFrame, history: pd.DataFrame
     }
 
 
-def run(params: StudyParams, layout: Layout, compare_with: Path | None = None) -> pd.DataFrame:
-    """The stage: collect and check every input, then write reports/ (each file atomically).
-    `compare_with`: another study's results.csv, whose KL this report compares rung by rung."""
+def run(params: StudyParams, layout: Layout) -> pd.DataFrame:
+    """The stage: collect and check every input, then write reports/ (each file atomically)."""
     threshold = params.report.collapse_threshold_nats
-    baseline = read_baseline(compare_with) if compare_with is not None else None
     data = collect(params, layout)
-    data.baseline, data.baseline_path = baseline, compare_with
     out = ensure_writable_dir(layout.reports)
     figure_dir = ensure_writable_dir(out / "figures")
     results = summarize(data, threshold)
@@ -142,11 +126,8 @@ def run(params: StudyParams, layout: Layout, compare_with: Path | None = None) -
     return results
 
 
-def command(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY,
-            compare_with: Path | None = typer.Option(
-                None, "--compare-with", help="another study's results.csv (from the same code) "
-                "to compare this one's KL with, rung by rung")) -> None:
+def command(params: Path = PARAMS, root: Path = ROOT, study: str = STUDY) -> None:
     """Render reports/: the results table, the figures, report.md and index.html."""
     from stages.params import load_params
 
-    run(load_params(params), Layout(root, study), compare_with=compare_with)
+    run(load_params(params), gathered(Layout(root, study)))  # the inputs git tracks (stages.gather)

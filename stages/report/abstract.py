@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from stages.report import stats
-from stages.report.claims import COLLAPSED, KEPT, Claim, kl_interval, trend_rungs
+from stages.report.claims import COLLAPSED, KEPT, Claim, kl_interval, tie_group, trend_rungs
 from stages.report.zadds import BETTER, TIE, WORSE
 
 
@@ -54,8 +54,11 @@ def trend_sentence(results: pd.DataFrame, trend: dict[str, Any]) -> str:
             f", then stays flat up to `{top.rung}` ({_kl(top)}): a plateau at the top" if set(after) == {"flat"} else
             f", then rises to {_kl(top)} at `{top.rung}`" if set(after) == {"rises"} else
             f", then moves without a decided direction up to `{top.rung}` ({_kl(top)})")
+    risen = [s for s in steps[:falls[-1]] if s["word"] == "rises"]  # a decided rise on the way down
+    on_the_way = ("" if not risen else ", rising on the way at "
+                  + ", ".join(f"{tie_group(s['from'])} -> {tie_group(s['to'])}" for s in risen))
     return (f"KL falls from {start_text} to {_kl(end)} at `{end.rung}` ({int(end.receptive_field)} "
-            f"pixels of context){tail} ({rho}).")
+            f"pixels of context){on_the_way}{tail} ({rho}).")
 
 
 def optimum_sentence(optimum: dict[str, Any]) -> str:
@@ -86,18 +89,21 @@ def top_sentence(optimum: dict[str, Any], threshold: float) -> str:
 
 
 def remedies_sentence(found: dict[str, Claim]) -> str | None:
-    """A grid study: which objectives keep more information than the ELBO at the top rung, and
-    whether any beats the decoder alone there."""
+    """A grid study: which objectives keep more information in z than the ELBO at the top rung
+    (by KL; by MI where free bits floor the KL, as the grid's claim decides it), and whether any
+    beats the decoder alone there."""
     objectives, top = found.get("grid_objectives"), found.get("grid_top_against_alone")
     if objectives is None or top is None:
         return None
     rung = top.numbers["rung"]
-    more = [o for o, n in objectives.numbers.items() if isinstance(n, dict) and rung in n.get("more_kl_at", [])]
+    judged = {o: n for o, n in objectives.numbers.items() if isinstance(n, dict) and "judged_by" in n}
+    more = [o for o, n in judged.items() if rung in n["more_kl_at"]]
+    by_mi = [o for o, n in judged.items() if n["judged_by"] == "mi"]
     better = top.numbers["better"]
     return (f"Of the remedies at `{rung}`, "
-            + (f"{_names(more)} keep{'s' if len(more) == 1 else ''} more KL than the ELBO" if more
-               else "none keeps more KL than the ELBO")
-            + " (Welch 95 %), and "
+            + (f"{_names(more)} keep{'s' if len(more) == 1 else ''}" if more else "none keeps")
+            + " more information in z than the ELBO (Welch 95 %, by KL"
+            + (f"; by MI for {_names(by_mi)}, whose KL free bits floor" if by_mi else "") + "), and "
             + (f"{_names(better)} beat{'s' if len(better) == 1 else ''} the decoder alone's likelihood" if better else
                "none beats the decoder alone's likelihood")
             + " (paired 95 %).")

@@ -13,7 +13,7 @@ the rungs ordered by that power measure, with its spread over seeds, computed fr
 
 Roles (stages.params.Rung.role): `trend` rungs are the points of the power axis; `comparison` (z as a
 per-channel bias), `mitigated` (KL warm-up, free bits) and `no z` (the decoder alone) rungs are
-shown but are never a point of the trend, the strongest rung, or the comparator of the baseline.
+shown but are never a point of the trend or the strongest rung.
 
 Every comparison follows the one rule of `stages.report.stats`: a 95 % Student-t interval over
 seeds (Welch's for two groups of seeds, paired where pairs exist), decided only where the
@@ -73,6 +73,19 @@ def kl_interval(row) -> stats.Interval:
     return stats.Interval.of(row["kl_nats"], row["kl_nats_std"], int(row["n_seeds"]))
 
 
+def kl_floor_nats(objective, latent_dim: int) -> float:
+    """The rate an objective forces whatever z carries: free bits' lambda per latent dimension
+    (Kingma et al. 2016), 0 for every other objective. Where it is above 0, the KL is not
+    information kept, and the report judges information by the MI."""
+    return objective.free_bits * latent_dim
+
+
+def verdict_interval(row) -> stats.Interval:
+    """The interval a row's verdict is decided on: its KL's, its MI's where free bits floor the KL."""
+    by = row.get("verdict_by", "kl")
+    return stats.Interval.of(row[f"{by}_nats"], row[f"{by}_nats_std"], int(row["n_seeds"]))
+
+
 def verdict(mean: float, std: float, n_seeds: int, threshold: float, uses_z: bool) -> str:
     """Collapsed / not collapsed only when the 95 % interval over seeds excludes the threshold."""
     if not uses_z:
@@ -112,8 +125,17 @@ def steps(trend: pd.DataFrame, column: str = "kl_nats") -> list[dict[str, Any]]:
     return out
 
 
-def _group(names: list[str]) -> str:
+def tie_group(names: list[str]) -> str:
+    """'`a`/`b`': rungs of one receptive field, a tie."""
     return "/".join(f"`{r}`" for r in names)
+
+
+def step_phrases(walk: list[dict[str, Any]], said: dict[str, str]) -> str:
+    """The steps grouped by word, in the order of `said` (word -> verb phrase): 'falls at `a` ->
+    `b`, `b` -> `c`; it is flat at `c` -> `d`/`e`'."""
+    return "; it ".join(f"{verb} " + ", ".join(f"{tie_group(w['from'])} -> {tie_group(w['to'])}"
+                                               for w in walk if w["word"] == word)
+                        for word, verb in said.items() if any(w["word"] == word for w in walk))
 
 
 def power_trend(results: pd.DataFrame, per_seed: pd.DataFrame) -> Claim | None:
@@ -127,14 +149,13 @@ def power_trend(results: pd.DataFrame, per_seed: pd.DataFrame) -> Claim | None:
     words = [w["word"] for w in walk]
     top_flat = bool(walk) and walk[-1]["word"] == "flat"
     ties = [list(g["rung"]) for _, g in trend.groupby("receptive_field") if len(g) > 1]
-    by_word = {w: [f"{_group(x['from'])} -> {_group(x['to'])}" for x in walk if x["word"] == w]
-               for w in ("falls", "flat", "rises", "undecided")}
     said = {"falls": "falls at", "flat": "is flat at", "rises": "rises at",
             "undecided": "is undecided (one seed) at"}
     text = ("KL along the receptive field: Spearman's rho "
             + ("undefined" if pd.isna(rho) else f"{rho:.2f}, exact p = {p:.3f}") + f" (n = {len(trend)}). "
-            + "It " + "; it ".join(f"{said[w]} {', '.join(v)}" for w, v in by_word.items() if v)
-            + (f"; {', '.join(_group(t) for t in ties)} share a receptive field: a tie, not an order" if ties else "")
+            + "It " + step_phrases(walk, said)
+            + (f"; {', '.join(tie_group(t) for t in ties)} share a receptive field: a tie, not an order"
+               if ties else "")
             + "." + (" KL plateaus at the top." if top_flat else "") + " (95 % intervals: the table of steps.)")
     return Claim("power_trend", text, {
         "spearman_rho": rho, "spearman_p": p, "n_rungs": len(trend), "step_words": words,
@@ -177,11 +198,13 @@ def verdicts(results: pd.DataFrame, threshold: float) -> Claim:
         g = groups[v]
         if len(g):
             listed = ", ".join(f"`{r.rung}`" + (
-                f" ({stats.seed_word(kl_interval(r._asdict()).seeds_to_resolve(threshold))})"
+                f" ({stats.seed_word(verdict_interval(r._asdict()).seeds_to_resolve(threshold))})"
                 if v == UNRESOLVED else "") for r in g.itertuples())
             parts.append(f"{label}: {listed}")
-    text = (f"Collapse verdicts, KL < {threshold:g} nats by the 95 % interval over seeds (in the "
-            "results table): " + "; ".join(parts) + ".")
+    by_mi = list(ordered.loc[ordered["verdict_by"] == "mi", "rung"]) if "verdict_by" in ordered else []
+    text = (f"Collapse verdicts, KL < {stats.nats_word(threshold)} by the 95 % interval over seeds"
+            + (f" (MI for {backticked(by_mi)}, whose KL free bits floor)" if by_mi else "")
+            + " (in the results table): " + "; ".join(parts) + ".")
     return Claim("verdicts", text, {v: list(g["rung"]) for v, g in groups.items()})
 
 
@@ -256,13 +279,9 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
     span = f"epochs {last[0]}-{last[-1]}"
     reach = (f", the epochs every run of a trend rung reached before it stopped (they end between epoch "
              f"{epochs[-1]} and {int(reached.index.max())})" if ragged else "")
-    rho_values = [v for v in rhos.values() if not pd.isna(v)]
-    rho_range = (f"between {min(rho_values):.2f} and {max(rho_values):.2f}, {rhos[epochs[-1]]:.2f} at the "
-                 "last" if rho_values else
-                 f"not computed ({len(names)} trend rungs: a rank correlation needs at least 3)"
-                 if len(names) < 3 else "undefined in every epoch (tied KL)")
     text = (f"Training length: over epochs {epochs[0]}-{epochs[-1]}{reach}, rho between receptive field "
-            f"and mean validation KL is {rho_range}; the order of the rungs changes {changes} time(s). ")
+            f"and mean validation KL is {rho_span(rhos, len(names))}; the order of the rungs "
+            f"{times(changes, 'changes')}. ")
     if len(last) < 2:
         text += f"The schedule is too short to test stability ({len(last)} epoch)."
     elif stable:
@@ -276,6 +295,21 @@ def training_order(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None
                                           "rho_per_epoch": [rhos[e] for e in epochs],
                                           "n_order_changes": changes,
                                           "reversed_pairs": reversed_pairs, "ties": ties})
+
+
+def rho_span(rhos: dict[int, float], n_rungs: int) -> str:
+    """Spearman's rho over epochs, in words: one value where every epoch gives it (to 2 decimals)."""
+    values = [v for v in rhos.values() if not pd.isna(v)]
+    if not values:
+        return (f"not computed ({n_rungs} trend rungs: a rank correlation needs at least 3)" if n_rungs < 3
+                else "undefined in every epoch (tied KL)")
+    low, high, last = (f"{v:.2f}" for v in (min(values), max(values), values[-1]))
+    return f"{low} at every epoch" if low == high else f"between {low} and {high}, {last} at the last"
+
+
+def times(n: int, verb: str) -> str:
+    """'never changes', 'changes once', 'changes 3 times'."""
+    return f"never {verb}" if n == 0 else f"{verb} once" if n == 1 else f"{verb} {n} times"
 
 
 def kl_slope(results: pd.DataFrame, history: pd.DataFrame) -> Claim | None:
@@ -316,22 +350,16 @@ def convergence(runs: pd.DataFrame, results: pd.DataFrame, patience: int | None,
     order = [r for r in results.sort_values("power")["rung"] if r in set(runs["rung"])]
     g = runs.groupby("rung")
     best, trained = g["best_epoch"], g["epochs_trained"]
-    listed = ", ".join(f"`{r}` {pm(best.mean()[r], best.std(ddof=1)[r], 1)}"
-                       for r in order)
     capped = runs[~runs["converged"].astype(bool)]
     n, n_conv = len(runs), int(runs["converged"].astype(bool).sum())
-    text = (f"Convergence: a run stops once {patience} epoch{'s' if patience != 1 else ''} in a "
-            f"row {'have' if patience != 1 else 'has'} not raised its "
-            f"validation ELBO by more than {min_delta:g} nats, and keeps its best epoch; "
-            f"{cap} epochs is the cap. {n_conv} of {n} runs converged before the cap. The best "
-            f"epoch (mean ± std over seeds), in order of power: {listed}; runs trained "
-            f"{int(trained.min().min())}-{int(trained.max().max())} epochs in all. ")
+    text = (f"Convergence: {n_conv} of {n} runs met the stopping rule before the {cap}-epoch cap; "
+            f"runs trained {int(trained.min().min())}-{int(trained.max().max())} epochs (per rung: the "
+            "convergence table). ")
     if capped.empty:
         text += "No run was stopped by the cap."
     else:
-        who = ", ".join(f"`{r.rung}` seed {r.seed}" for r in capped.sort_values(["rung", "seed"]).itertuples())
-        text += (f"The cap, not convergence, ended {who}: its validation ELBO was still rising, "
-                 "so its KL is the value at the cap, not at convergence.")
+        text += (f"The cap ended {capped_runs(capped, runs, order)}: their validation ELBO was still "
+                 "rising, so their KL is the value at the cap, not at convergence.")
     return Claim("convergence", text, {
         "patience": patience, "min_delta_nats": min_delta, "epoch_cap": cap,
         "n_runs": n, "n_converged": n_conv,
@@ -341,80 +369,17 @@ def convergence(runs: pd.DataFrame, results: pd.DataFrame, patience: int | None,
         "capped_runs": [(r.rung, int(r.seed)) for r in capped.itertuples()]})
 
 
-def versus_baseline(results: pd.DataFrame, baseline: pd.DataFrame, threshold: float,
-                    label: str) -> Claim | None:
-    """Rung by rung, this study's KL against another study's (the same ladder, trained and
-    evaluated differently): which rungs gained or lost information in z beyond two combined
-    seed std, and how the verdicts moved. Verdicts are recomputed with this study's threshold."""
-    ours, theirs = results.set_index("rung"), baseline.set_index("rung")
-    shared = [r for r in results.sort_values("power")["rung"]
-              if r in theirs.index and ours.loc[r, "role"] != NO_Z and bool(theirs.loc[r, "uses_z"])]
-    if not shared:
-        return None
-    rows, moved = [], {"gained": [], "lost": [], "unchanged": [], "no spread": []}
-    groups: dict[str, list[str]] = {"regained": [], "stayed collapsed": [], "newly collapsed": [],
-                                    "kept": [], "undecided": []}
-    for r in shared:
-        a, b = theirs.loc[r], ours.loc[r]
-        moved_by = stats.difference(kl_interval(b), kl_interval(a))
-        diff = moved_by.mean
-        change = {"above": "gained", "below": "lost"}.get(moved_by.side(), "unchanged" if moved_by.known
-                                                          else "no spread")
-        v_a = verdict(a["kl_nats"], a["kl_nats_std"], int(a["n_seeds"]), threshold, True)
-        v_b = verdict(b["kl_nats"], b["kl_nats_std"], int(b["n_seeds"]), threshold, True)
-        group = ("stayed collapsed" if v_a == COLLAPSED and v_b == COLLAPSED else
-                 "regained" if v_a in (COLLAPSED, UNRESOLVED) and v_b == KEPT else
-                 "newly collapsed" if v_a in (KEPT, UNRESOLVED) and v_b == COLLAPSED else
-                 "kept" if v_a == KEPT and v_b == KEPT else "undecided")
-        moved[change].append(r)
-        groups[group].append(r)
-        rows.append({"rung": r, "baseline_kl_nats": a["kl_nats"], "baseline_kl_std": a["kl_nats_std"],
-                     "kl_nats": b["kl_nats"], "kl_std": b["kl_nats_std"], "change_nats": diff,
-                     "change": change, "baseline_verdict": v_a, "verdict": v_b, "group": group})
-    by = {row["rung"]: row for row in rows}
-
-    def listing(names: list[str]) -> str:
-        return ", ".join(f"`{r}` ({pm(by[r]['baseline_kl_nats'], by[r]['baseline_kl_std'])} -> "
-                         f"{pm(by[r]['kl_nats'], by[r]['kl_std'])})" for r in names)
-
-    parts = [f"Against the baseline, {label}, with KL in nats as baseline -> this study (mean ± std "
-             "over seeds): KL rose (95 % Welch interval of the change above 0) on "
-             + (listing(moved["gained"]) if moved["gained"] else "no rung")]
-    if moved["lost"]:
-        parts.append(f"fell (interval below 0) on {listing(moved['lost'])}")
-    if moved["unchanged"]:
-        parts.append(f"is unresolved (the interval contains 0) on {listing(moved['unchanged'])}")
-    if moved["no spread"]:
-        parts.append(f"cannot be judged on {listing(moved['no spread'])} (one seed: no spread)")
-    by_verdict = []
-
-    def was(names: list[str]) -> str:  # each rung with its verdict in the baseline
-        return ", ".join(f"`{r}` ({by[r]['baseline_verdict']} in the baseline)" for r in names)
-
-    for group, words, named in (("regained", "regained information in z (not collapsed in this "
-                                 "study)", was),
-                                ("stayed collapsed", "stayed collapsed", backticked),
-                                ("newly collapsed", "collapsed in this study", was),
-                                ("kept", "kept information in z in both", backticked)):
-        if groups[group]:
-            by_verdict.append(f"{words}: {named(groups[group])}")
-    if groups["undecided"]:
-        by_verdict.append("unresolved or without a verdict in at least one of them: "
-                          + backticked(groups["undecided"]))
-    trend = [r for r in shared if ours.loc[r, "role"] == TREND]
-    rho_here = stats.spearman(ours.loc[trend, "receptive_field"], ours.loc[trend, "kl_nats"])[0] \
-        if len(trend) > 2 else math.nan
-    rho_there = stats.spearman(ours.loc[trend, "receptive_field"], theirs.loc[trend, "kl_nats"])[0] \
-        if len(trend) > 2 else math.nan
-    text = ("; ".join(parts) + ". By the "
-            f"verdicts (KL < {threshold:g} nats, 95 % interval): " + "; ".join(by_verdict) + "."
-            + (f" Spearman's rho between power and mean KL over the {len(trend)} trend rungs: "
-               f"{rho_there:.2f} in the baseline, {rho_here:.2f} in this study." if not pd.isna(rho_here) and not pd.isna(rho_there) else ""))
-    return Claim("versus_baseline", text, {"rows": rows, "gained": moved["gained"],
-                                           "lost": moved["lost"], "unchanged": moved["unchanged"],
-                                           "no_spread": moved["no spread"],
-                                           **{k.replace(" ", "_"): v for k, v in groups.items()},
-                                           "spearman_rho": rho_here, "baseline_spearman_rho": rho_there})
+def capped_runs(capped: pd.DataFrame, runs: pd.DataFrame, order: list[str], most: int = 6) -> str:
+    """The runs the cap ended, by rung: 'every seed of `a`, `b`; seed 2 of `c`'; past `most` rungs,
+    only their count (the convergence table names them)."""
+    seeds = capped.groupby("rung")["seed"].apply(sorted)
+    every = [r for r in order if r in seeds.index and len(seeds[r]) == (runs["rung"] == r).sum()]
+    some = [r for r in order if r in seeds.index and r not in every]
+    if len(every) + len(some) > most:
+        return f"{len(capped)} runs of {len(every) + len(some)} rungs"
+    parts = ([f"every seed of {backticked(every)}"] if every else []) + [
+        f"seed{'s' if len(seeds[r]) > 1 else ''} {', '.join(map(str, seeds[r]))} of `{r}`" for r in some]
+    return "; ".join(parts)
 
 
 def pairs(rung_pairs: list[tuple[str, str]]) -> str:
@@ -433,15 +398,25 @@ def probe(results: pd.DataFrame) -> Claim | None:
 
     floor = results[results["role"] == NO_Z]
     floor_mean = float(floor["probe_accuracy"].mean()) if len(floor) else math.nan
-    below = len(floor) and float(floor["probe_accuracy"].max()) < CHANCE
     n_test = int(results["n_test"].min()) if "n_test" in results else 0
     text = (f"A linear probe on sampled z ~ q(z|x) reads the digit best at {acc(best)} and worst at "
             f"{acc(worst)} (every rung: the results table)"
-            + (f"; on the decoders alone's z, which their decoders ignore, {100 * floor_mean:.1f}%, the floor"
-               if len(floor) else "") + f"; chance is {CHANCE:.0%}"
-            + (f", above the floor by sampling error only (its standard error on {n_test:,} test images: "
-               f"{100 * math.sqrt(CHANCE * (1 - CHANCE) / n_test):.1f} points)." if below and n_test else "."))
+            + (f"; on the decoders alone's z, which their decoders ignore, {100 * floor_mean:.1f}%"
+               + _floor_against_chance(floor_mean, n_test) if len(floor)
+               else f"; chance is {CHANCE:.0%}") + ".")
     return Claim("probe", text, {r.rung: r.probe_accuracy for r in results.itertuples()})
+
+
+def _floor_against_chance(floor: float, n_test: int) -> str:
+    """How far the probe's floor lies from chance, against the 95 % sampling error of one
+    accuracy on n_test images (binomial, at chance)."""
+    if not n_test:
+        return f" (chance: {CHANCE:.0%})"
+    half = 100 * stats.Z975 * math.sqrt(CHANCE * (1 - CHANCE) / n_test)  # points
+    gap = 100 * (floor - CHANCE)
+    return (f", {abs(gap):.1f} points {'above' if gap > 0 else 'below'} chance ({CHANCE:.0%}): "
+            f"{'within' if abs(gap) <= half else 'beyond'} sampling error (±{half:.1f} points, 95 % on "
+            f"{n_test:,} test images)")
 
 
 def mutual_information(results: pd.DataFrame) -> Claim | None:
@@ -472,9 +447,7 @@ def bound_gap(results: pd.DataFrame) -> Claim | None:
             "undecided": "is undecided (one seed) at"}
     shape = ("shrinks at every step up the power axis" if set(words) == {"falls"} else
              "grows at every step up the power axis" if set(words) == {"rises"} else
-             "; it ".join(f"{said[word]} " + ", ".join(f"{_group(w['from'])} -> {_group(w['to'])}"
-                                                      for w in walk if w["word"] == word)
-                          for word in said if word in words))
+             step_phrases(walk, said))
     first, top = trend.iloc[0], trend.iloc[-1]
     text = (f"The bound gap -ELBO - NLL_IW (95 % intervals of each step; equal receptive fields are a "
             f"tie) {shape}: from {pm(first['bound_gap_nats'], first['bound_gap_nats_std'])} nats "
@@ -516,14 +489,13 @@ def k_convergence(k_curves: pd.DataFrame, order: list[str]) -> Claim | None:
 
 def all_claims(results: pd.DataFrame, per_seed: pd.DataFrame, history: pd.DataFrame,
                k_curves: pd.DataFrame, threshold: float, convergence_claim: Claim | None = None,
-               versus: Claim | None = None, top_versus: Claim | None = None,
                z_claims: tuple[Claim | None, Claim | None] = (None, None)) -> list[Claim]:
     """Every claim the numbers support, in reading order. `z_claims`: where collapse becomes
     the ELBO's optimum (the headline, first) and what z adds rung by rung (stages.report.zadds)."""
     order = list(results.sort_values("power")["rung"])
     optimum, adds = z_claims
     claims = [optimum, power_trend(results, per_seed), kl_gone_at_top(results, per_seed),
-              verdicts(results, threshold), adds, versus, top_versus, *pathway(results), convergence_claim,
+              verdicts(results, threshold), adds, *pathway(results), convergence_claim,
               kl_slope(results, history), training_order(results, history), probe(results), mutual_information(results),
               bound_gap(results), k_convergence(k_curves, order)]
     return [c for c in claims if c is not None]

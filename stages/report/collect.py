@@ -4,8 +4,7 @@ page; `stages.report` runs it).
 
 For every rung and seed: the metrics, per-image estimates, K-curve, per-dimension KL, images and
 training history (`collect`), each named with the stage that writes it when it is missing or
-unreadable; another study's results table to compare with (`read_baseline`); and where the
-numbers came from (`git_revision`, `dvc_version`).
+unreadable; and where the numbers came from (`git_revision`, `dvc_version`).
 """
 from __future__ import annotations
 
@@ -23,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from stages.errors import DataError
+from stages.gather import GatheredLayout
 from stages.layout import Layout
 from stages.live import read_history
 from stages.model.registry import IMAGE_SHAPE
@@ -42,8 +42,6 @@ PUBLISHED_COLUMNS = ("paper", "year", "binarization", "model", "ladder_rung", "n
                      "nll_is_bound", "kl_nats", "importance_samples", "where")
 PAPER_TRAIN, PAPER_K, PAPER_TEST, PAPER_EPOCHS = 50000, 5000, 10000, 100
 REMEDY_COLUMNS = ("paper", "year", "data", "model", "remedy", "kl_nats", "nll_nats", "where")
-BASELINE_COLUMNS = ("rung", "role", "uses_z", "n_seeds", "kl_nats", "kl_nats_std", "nll_iw_nats",
-                    "nll_iw_nats_std", "iw_k", "n_test", "epochs_trained")
 
 
 @dataclass
@@ -66,8 +64,6 @@ class ReportData:
     summary: dict[str, Any]  # binarize's summary.json
     published: pd.DataFrame
     sources: dict[str, Any] | None  # download's sources.json, if present
-    baseline: pd.DataFrame | None = None  # another study's results.csv, to compare KL with
-    baseline_path: Path | None = None
     remedies: pd.DataFrame | None = None  # published KL / NLL per remedy of collapse (a grid study)
 
 
@@ -101,9 +97,14 @@ def _npz(path: Path) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
+def _writer(layout: Layout, stage: str) -> str:
+    """The stage that writes an input where the report reads it: gather, for the copies in git."""
+    return "gather" if isinstance(layout, GatheredLayout) else stage
+
+
 def _run_files(layout: Layout, r: str, s: int) -> dict[str, tuple[Path, str, Any, tuple[str, ...]]]:
     """One (rung, seed)'s inputs by `Run` field: (path, writing stage, reader, required keys)."""
-    evaluated, trained = f"evaluate@{r}-{s}", f"train@{r}-{s}"
+    evaluated, trained = _writer(layout, f"evaluate@{r}-{s}"), _writer(layout, f"train@{r}-{s}")
     return {
         "metrics": (layout.metrics(r, s), evaluated, _json, METRIC_KEYS),
         "k_curve": (layout.k_curve(r, s), evaluated, pd.read_csv, K_CURVE_COLUMNS),
@@ -117,7 +118,7 @@ def _run_files(layout: Layout, r: str, s: int) -> dict[str, tuple[Path, str, Any
 
 def _inputs(params: StudyParams, layout: Layout) -> list[tuple[Path, str | None]]:
     """Every file the report reads, with the DVC stage that writes it (None: kept in git)."""
-    files = [(layout.binarized_summary, "binarize"), (layout.reference, None)]
+    files = [(layout.binarized_summary, _writer(layout, "binarize")), (layout.reference, None)]
     if params.cells:  # a grid study sets its remedies beside the published ones
         files.append((layout.remedies, None))
     for r in params.decoders:
@@ -167,7 +168,7 @@ def collect(params: StudyParams, layout: Layout) -> ReportData:
             raise DataError(f"report: {layout.latent_dims(r, s)} has {len(run.latent)} rows, but "
                             f"encoder.latent_dim is {latent_dim} (truncated, or from another "
                             f"encoder); {_fix(layout.latent_dims(r, s), stage)}")
-    summary = _read(layout.binarized_summary, "binarize", _json,
+    summary = _read(layout.binarized_summary, _writer(layout, "binarize"), _json,
                     ("method", "train", "valid", "test"))
     published = _read(layout.reference, None, pd.read_csv, PUBLISHED_COLUMNS)
     try:  # optional: where download found the files
@@ -209,17 +210,6 @@ def check_one_evaluation(runs: dict[tuple[str, int], Run], layout: Layout) -> No
             raise DataError(f"report: {layout.per_image(r, s)} has {len(run.per_image)} rows but "
                             f"{layout.metrics(r, s)} says {int(run.metrics['n_test'])} test images "
                             f"(truncated, or from another evaluation); {_fix(layout.per_image(r, s), f'evaluate@{r}-{s}')}")
-
-
-def read_baseline(path: Path) -> pd.DataFrame:
-    """Another study's results.csv (`--compare-with`), checked before anything is written."""
-    table = _read(path, None, pd.read_csv, ())
-    missing = [c for c in BASELINE_COLUMNS if c not in table.columns]
-    if missing or table.empty:
-        raise DataError(f"report: {path} is not a results table of this study's report (it lacks "
-                        f"{', '.join(missing) or 'rows'}); render that study's report first "
-                        "(`dvc repro` for the default study)")
-    return table
 
 
 def git_revision(root: Path) -> str:

@@ -102,6 +102,12 @@ def _trend_line(ax, fields: np.ndarray, values: np.ndarray, color: str) -> None:
             zorder=1)
 
 
+def _threshold_line(ax, threshold: float) -> None:
+    """The collapse threshold on a KL axis, dotted red."""
+    ax.axhline(threshold, color="C3", ls=":", lw=1,
+               label=f"collapse threshold ({stats.nats_word(threshold)})")
+
+
 def _symlog_axis(ax, results: pd.DataFrame) -> None:
     ax.set_xscale("symlog", linthresh=1.0)
     ticks = sorted(set(results["receptive_field"].astype(int)))
@@ -148,7 +154,7 @@ def headline(results: pd.DataFrame, threshold: float) -> Figure:
         for xi, value, name in zip(np.where(trend, x, x_side)[has_z], kl[has_z], results["rung"][has_z]):
             ax_kl.annotate(f"{name}\n{value:.2f}" if value < 10 else f"{name}\n{value:.1f}", (xi, value),
                            textcoords="offset points", xytext=(6, 4), ha="left", fontsize=7.5)
-        ax_kl.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
+        _threshold_line(ax_kl, threshold)
         top = max(float(np.nanmax(kl[has_z] + kl_err[has_z])) if has_z.any() else 0.0, threshold) * 1.2
         ax_kl.set_ylim(-0.04 * top, top)
         ax_kl.set_ylabel("KL[q(z|x) || p(z)] (nats)")
@@ -214,7 +220,7 @@ def strength(results: pd.DataFrame, threshold: float) -> Figure:
             ax.set_xticks(ticks, [str(t) for t in ticks])
             ax.minorticks_off()
             ax.set_xlabel("NLL of the decoder alone (nats, log scale; stronger to the right)")
-        ax_kl.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
+        _threshold_line(ax_kl, threshold)
         ax_z.axhline(0, color=BASELINE_COLOR, lw=1)
         ax_kl.invert_xaxis()
         ax_kl.legend(loc="upper left")
@@ -240,7 +246,7 @@ def kl_vs_z_adds(results: pd.DataFrame, threshold: float) -> Figure:
                         color=styles[r.rung]["color"], mfc="white" if open_marker else styles[r.rung]["color"])
             ax.annotate(r.rung, (r.z_adds_iw_nats, r.kl_nats), textcoords="offset points",
                         xytext=(6, 4), fontsize=8)
-        ax.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
+        _threshold_line(ax, threshold)
         ax.axvline(0, color=BASELINE_COLOR, lw=1)
         ax.set_xscale("symlog", linthresh=1.0)
         ax.set_xlabel("what z adds: NLL of the decoder alone - NLL_IW of the VAE (nats, symlog scale)")
@@ -276,7 +282,7 @@ def kl_training(history: pd.DataFrame, names: list[str], side: set[str], thresho
                     if len(run) > 1:  # this seed trained on after another one stopped
                         ax.plot(run["images_seen"], run[key], color=st["color"], ls=st.get("ls", "-"),
                                 lw=0.8, alpha=0.6)
-        ax_kl.axhline(threshold, color="C3", ls=":", lw=1, label=f"collapse threshold ({threshold:g} nats)")
+        _threshold_line(ax_kl, threshold)
         ax_kl.set_ylabel("validation KL[q(z|x) || p(z)] (nats, symlog: linear below 1)")
         ax_kl.set_yscale("symlog", linthresh=1.0)  # the top rungs' 0-3 nats are not squeezed flat
         ax_kl.set_ylim(bottom=0)

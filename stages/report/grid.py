@@ -29,7 +29,7 @@ from matplotlib.figure import Figure
 
 from stages.errors import DataError
 from stages.report import stats
-from stages.report.claims import MI_BOUND_MARGIN, Claim, backticked, pm
+from stages.report.claims import MI_BOUND_MARGIN, Claim, backticked, kl_floor_nats, pm
 from stages.report.figures import STYLE
 from stages.report.tables import changed_options
 from stages.report.zadds import seed_stats
@@ -85,7 +85,8 @@ def grid_table(data, results: pd.DataFrame) -> pd.DataFrame:
                 row[f"{key}_change_nats"], row[f"{key}_change_lo"], row[f"{key}_change_hi"] = \
                     moved.mean, moved.lo, moved.hi
             row["mi_cap_nats"] = float(r["mi_cap_nats"])
-            row["kl_floor_nats"] = data.params.objectives[objective].free_bits * data.params.encoder.latent_dim
+            row["kl_floor_nats"] = kl_floor_nats(data.params.objectives[objective],
+                                                 data.params.encoder.latent_dim)
             row.update(aggressive_phase(data, run, data.params.objectives[objective]))
             for key in ("twin", "nll_alone_nats", "z_adds_iw_nats", "z_adds_iw_std", "z_adds_iw_se",
                         "z_adds_iw_lo", "z_adds_iw_hi"):
@@ -278,10 +279,10 @@ def aggressive_claim(grid: pd.DataFrame) -> Claim | None:
         text += (f"every inner loop hit the cap at {backticked(capped)}, so the encoder may have stopped "
                  "with its loss still falling" if capped else "no power had every inner loop at the cap")
         if len(near):
+            mi_cap = near["valid_mi_cap_nats"].iloc[0]
             text += (f"; at {backticked(near['rung'])} the phase never ended, its validation MI within "
                      f"{MI_AT_CAP_NATS} nats of the estimator's cap log M = "
-                     f"{near['valid_mi_cap_nats'].iloc[0]:.2f} (M = "
-                     f"{round(math.exp(near['valid_mi_cap_nats'].iloc[0])):,} validation posteriors)")
+                     f"{mi_cap:.2f} (M = {round(math.exp(mi_cap)):,} validation posteriors)")
         parts.append(text)
     return Claim("grid_aggressive_phase", "Aggressive training, " + "; ".join(parts)
                  + " (table 'The aggressive phase').", numbers)

@@ -138,7 +138,6 @@ class Page:
     setup: list[tuple[str, str]]
     ladder: Table
     title: str = TITLE
-    baseline: Table | None = None  # this study's KL beside another study's, rung by rung
     z_adds: Table | None = None  # each rung beside its decoder alone
     grid: list[Table] | None = None  # a grid study: its cells, and its top rung beside published remedies
     sources: str = "data/metrics, data/eval, data/history"
@@ -146,6 +145,7 @@ class Page:
     scope: str = ""
     top: Table | None = None  # the top of the power axis, He et al. 2019's Table 1 form
     steps: Table | None = None  # each step up the power axis with its interval
+    convergence: Table | None = None  # per rung under early stopping
 
 
 pm = claims.pm
@@ -188,7 +188,10 @@ def results_table(results: pd.DataFrame) -> Table:
         "(a lower bound); probe: linear classifier of the digit on sampled z ~ q(z|x) (chance "
         "10%). Epochs: the kept (best-validation) epoch and the epochs trained, means over seeds. "
         "Verdict: collapsed or not only where the 95 % interval of KL over seeds (Student t) "
-        "excludes the threshold, else unresolved; n/a for a rung without z."))
+        "excludes the threshold, else unresolved"
+        + ("; of MI where free bits floor the KL"
+           if "verdict_by" in results and (results["verdict_by"] == "mi").any() else "")
+        + "; n/a for a rung without z."))
 
 
 def _ci(row, column: str, digits: int = 2, scale: float = 1.0) -> str:
@@ -212,6 +215,26 @@ def steps_table(found: list[claims.Claim]) -> Table | None:
                  "Each step up the power axis between consecutive receptive fields: the change in mean "
                  "KL with its 95 % Welch interval over seeds; 'falls' or 'rises' only where the "
                  "interval excludes 0 (for a tied group, for every pair), else 'flat'.")
+
+
+def convergence_table(found: list[claims.Claim], results: pd.DataFrame) -> Table | None:
+    """Per rung under early stopping (stages.report.claims.convergence): epochs trained, the best
+    epoch and how many of its runs the epoch cap ended."""
+    conv = next((c for c in found if c.name == "convergence"), None)
+    if conv is None:
+        return None
+    n = conv.numbers
+    field, seeds = results.set_index("rung")["receptive_field"], results.set_index("rung")["n_seeds"]
+    capped = pd.Series([r for r, _ in n["capped_runs"]], dtype=object).value_counts()
+    rows = [[f"`{r}`", str(field[r]), f"{n['epochs_trained_mean'][r]:.1f}",
+             pm(n["best_epoch_mean"][r], n["best_epoch_std"][r], 1), f"{capped.get(r, 0)} of {int(seeds[r])}"]
+            for r in n["best_epoch_mean"]]
+    return Table(["rung", "receptive field (pixels)", "epochs trained (mean)", "best epoch (mean ± std)",
+                  "runs the cap ended"], rows,
+                 f"In order of power. A run stops once {n['patience']} epoch"
+                 f"{' in a row has' if n['patience'] == 1 else 's in a row have'} not raised its validation "
+                 f"ELBO by more than {n['min_delta_nats']:g} nats and keeps its best epoch; "
+                 f"{n['epoch_cap']} epochs is the cap.")
 
 
 def top_table(results: pd.DataFrame) -> Table | None:
@@ -348,32 +371,6 @@ def schedule(train, epochs: list[int], n_train: int) -> str:
                    "the cap ended.")
 
 
-def baseline_table(results: pd.DataFrame, found: list[claims.Claim], baseline: pd.DataFrame) -> Table | None:
-    """This study's KL and NLL_IW beside the baseline's, rung by rung (the versus_baseline claim)."""
-    versus = next((c for c in found if c.name == "versus_baseline"), None)
-    if versus is None:
-        return None
-    ours, theirs = results.set_index("rung"), baseline.set_index("rung")
-    rows = []
-    for row in versus.numbers["rows"]:
-        r = row["rung"]
-        rows.append([f"`{r}`", str(ours.loc[r, "receptive_field"]),
-                     f"{theirs.loc[r, 'epochs_trained']:.1f}", f"{ours.loc[r, 'epochs_trained']:.1f}",
-                     pm(row["baseline_kl_nats"], row["baseline_kl_std"]), pm(row["kl_nats"], row["kl_std"]),
-                     f"{row['change_nats']:+.2f}", row["change"],
-                     pm(theirs.loc[r, "nll_iw_nats"], theirs.loc[r, "nll_iw_nats_std"]),
-                     pm(ours.loc[r, "nll_iw_nats"], ours.loc[r, "nll_iw_nats_std"]),
-                     row["baseline_verdict"], row["verdict"]])
-    return Table(["rung", "receptive field (pixels)", "epochs, baseline", "epochs, this study",
-                  "KL, baseline (nats)", "KL, this study (nats)", "change (nats)",
-                  "beyond 2 combined std?", "NLL_IW, baseline", "NLL_IW, this study",
-                  "verdict, baseline", "verdict, this study"], rows,
-                 "Rungs with z in order of power; mean ± std over each study's seeds. 'gained' / "
-                 "'lost': the change in KL exceeds two combined seed std; verdicts recomputed with "
-                 "this study's threshold. NLL_IW of the two studies is at different K and test "
-                 "subsets, so only large differences mean anything.")
-
-
 def options_text(objective) -> str:
     return ", ".join(f"{k}={v}" for k, v in changed_options(objective).items())
 
@@ -430,11 +427,11 @@ def build(data: ReportData, results: pd.DataFrame, found: list[claims.Claim], sc
     return Page(QUESTION, [c.text for c in found if c.name not in in_captions], results_table(results),
                 figures, comparison_table(data, results), note, setup_items(data, results, provenance),
                 ladder_table(data, results), f"{TITLE}: the {STUDY_NAMES.get(study, study)} study" if study else TITLE,
-                baseline_table(results, found, data.baseline) if data.baseline is not None else None,
                 z_adds_table(results),
                 grid_tables(data, cells) if cells is not None and not cells.empty else None,
                 ", ".join(f"{data_dir}/{d}" for d in ("metrics", "eval", "history")),
-                answer=answer or [], scope=scope, top=top_table(results), steps=steps_table(found))
+                answer=answer or [], scope=scope, top=top_table(results), steps=steps_table(found),
+                convergence=convergence_table(found, results))
 
 
 def _md_cell(text: str) -> str:
@@ -464,14 +461,14 @@ def markdown(page: Page) -> str:
     parts += ["## What the numbers show", "\n".join(f"- {s}" for s in page.findings)]
     if page.steps is not None:
         parts += ["### Steps up the power axis", _md_table(page.steps)]
+    if page.convergence is not None:
+        parts += ["### Convergence", _md_table(page.convergence)]
     parts += [f"![{head[1]}](figures/{head[0]}.png)\n\n*{head[2]}* ([SVG](figures/{head[0]}.svg))",
               "## The question", " ".join(page.question), "## Results", _md_table(page.results)]
     if page.grid is not None:
         parts += ["## The grid: power x objective", *(_md_table(t) for t in page.grid)]
     if page.z_adds is not None:
         parts += ["## What z adds, rung by rung", _md_table(page.z_adds)]
-    if page.baseline is not None:
-        parts += ["## Against the baseline", _md_table(page.baseline)]
     parts += ["## Figures"]
     for name, title, caption in rest:
         parts.append(f"### {title}\n\n![{title}](figures/{name}.png)\n\n*{caption}* "

@@ -138,6 +138,11 @@ def seed_word(n: int | None) -> str:
     return f"about {n} seeds would resolve it at this spread"
 
 
+def nats_word(value: float) -> str:
+    """'1 nat', '0.5 nats': a threshold in words."""
+    return f"{value:g} nat" + ("" if value == 1 else "s")
+
+
 def _ranks(x) -> np.ndarray:
     return pd.Series(list(x), dtype=float).rank().to_numpy()
 

@@ -59,7 +59,12 @@ def summarize(data: ReportData, threshold: float) -> pd.DataFrame:
         for key in METRICS:
             row[key] = float(m[key].mean())
             row[f"{key}_std"] = float(m[key].std(ddof=1)) if len(runs) > 1 else math.nan
-        row["verdict"] = claims.verdict(row["kl_nats"], row["kl_nats_std"], len(runs), threshold, uses_z)
+        # free bits floor the KL by construction: whether z carries information is then its MI
+        floored = claims.kl_floor_nats(rung.objective, data.params.encoder.latent_dim) > 0
+        row["verdict_by"] = "mi" if uses_z and floored else "kl"
+        by = row["verdict_by"]
+        row["verdict"] = claims.verdict(row[f"{by}_nats"], row[f"{by}_nats_std"], len(runs), threshold,
+                                        uses_z)
         row["mi_cap_nats"] = float(m["mi_cap_nats"].min())
         row["iw_k"], row["n_test"] = int(m["iw_k"].min()), int(m["n_test"].min())
         row["latent_dim"] = len(runs[0].latent)
