@@ -293,10 +293,13 @@ def test_k_convergence_names_the_rungs_where_the_estimate_rises():
     assert "between 0.00 and 1.50 nats" in claims.k_convergence(exact, ["a", "b"]).text
 
 
-def test_mi_estimates_near_their_cap_are_named_lower_bounds():
+def test_mi_estimates_near_their_cap_are_named_lower_bounds_and_the_cap_names_its_m():
     results = table([30.0, 25.0, 9.0, 0.5])  # mi = min(kl, 9) against a cap of 9.2
     c = claims.mutual_information(results)
     assert c.numbers["lower_bounds"] == ["r0", "r1", "r2"] and "lower bound" in c.text
+    # the cap says which M it is, so it is not read as another claim's (the grid's validation MI)
+    named = claims.mutual_information(results.assign(mi_cap_nats=math.log(10_500))).text
+    assert "M = 10,500 posteriors" in named and "log M = 9.26 nats" in named
     far = results.assign(mi_cap_nats=20.0)
     assert "every estimate is more than 0.5 nats below it" in claims.mutual_information(far).text
 

@@ -425,8 +425,9 @@ def mutual_information(results: pd.DataFrame) -> Claim | None:
         return None
     cap = float(with_z["mi_cap_nats"].min())
     bounded = with_z[with_z["mi_nats"] >= with_z["mi_cap_nats"] - MI_BOUND_MARGIN]
-    text = (f"The mutual information I_q(x; z) is estimated with q(z) a mixture of M posteriors and "
-            f"cannot exceed log M = {cap:.2f} nats; "
+    text = (f"The mutual information I_q(x; z) on the test images is estimated with q(z) a mixture of "
+            f"M = {round(math.exp(cap)):,} posteriors (the test images and the probe's training images) "
+            f"and cannot exceed log M = {cap:.2f} nats; "
             + (f"{backticked(bounded['rung'])} {'is' if len(bounded) == 1 else 'are'} within "
                f"{MI_BOUND_MARGIN:g} nats of that cap, so {'its' if len(bounded) == 1 else 'their'} "
                f"MI is shown as a lower bound (>=)." if len(bounded) else
